@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# pip takes these from the local wheel store on the kit's CPU machines; on a GPU machine pick the
+# wheel for your CUDA, e.g. TORCH_SPEC="torch torchvision --index-url <pytorch cu12x index>".
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+RUN ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast notebooks bench clean-runs
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/cluda-kit train miniscapes_cluda --out $(RUN) --overwrite
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests notebooks --nbval-lax -p no:cacheprovider
+
+test-fast: install
+	$(BIN)/python -m pytest -q -x tests -m "not slow and not browser"
+
+bench: install
+	$(BIN)/python -m bench
+
+clean-runs:
+	rm -rf runs
