@@ -1,0 +1,348 @@
+"""Figures and images for notebooks and training debug output.
+
+Every function returns a numpy image or a ``matplotlib.figure.Figure`` built without pyplot, so
+nothing touches global matplotlib state (figures are not registered with pyplot; a notebook shows
+a returned Figure as PNG, and ``fig.savefig(path)`` renders it with Agg).
+
+Inputs may be torch tensors (any device) or numpy arrays. Images are RGB, either (3, H, W) or
+(H, W, 3), float in [0, 1] or uint8; label maps are (H, W) integer trainIds with 255 = ignore.
+Symbols: B batch, C classes, D feature channels, H×W image, h×w feature map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from cluda_kit.data.labels import NUM_CLASSES, PALETTE, colorize
+
+__all__ = [
+    "confidence_map",
+    "debug_figure",
+    "image_grid",
+    "mix_grid",
+    "overlay",
+    "pca_rgb",
+    "plot_confusion_matrix",
+    "plot_curves",
+    "to_rgb_uint8",
+]
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu() if x.is_floating_point() else x.detach().cpu()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def to_rgb_uint8(image: Any) -> np.ndarray:
+    """RGB image (3, H, W) or (H, W, 3), float in [0, 1] (clipped) or uint8 -> (H, W, 3) uint8."""
+    arr = _numpy(image)
+    if arr.ndim != 3 or 3 not in (arr.shape[0], arr.shape[-1]):
+        raise ValueError(f"expected an RGB image (3, H, W) or (H, W, 3), got shape {arr.shape}")
+    if arr.shape[-1] != 3:
+        arr = arr.transpose(1, 2, 0)
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"expected a float [0, 1] or uint8 image, got dtype {arr.dtype}")
+    return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def overlay(image: Any, label: Any, alpha: float = 0.5) -> np.ndarray:
+    """Blend the Cityscapes palette colour of each labelled pixel over the image.
+
+    Args:
+        image: (3, H, W) or (H, W, 3) RGB, float [0, 1] or uint8.
+        label: (H, W) integer trainIds; pixels that are 255 (ignore) or otherwise outside 0..C-1
+            stay uncoloured (the image shows through unchanged).
+        alpha: weight of the palette colour (1 = pure palette colour at labelled pixels).
+
+    Returns:
+        (H, W, 3) uint8.
+    """
+    rgb = to_rgb_uint8(image)
+    lab = _numpy(label)
+    if lab.shape != rgb.shape[:2]:
+        raise ValueError(f"overlay: label shape {lab.shape} != image size {rgb.shape[:2]}")
+    labelled = (lab >= 0) & (lab < NUM_CLASSES)
+    out = rgb.astype(np.float64)
+    colours = PALETTE[lab[labelled].astype(np.int64)].astype(np.float64)
+    out[labelled] = (1.0 - alpha) * out[labelled] + alpha * colours
+    return (out + 0.5).astype(np.uint8)
+
+
+def _cell_image(cell: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """Convert a grid cell to (array, imshow kwargs): RGB images as uint8, 2-D bool masks in
+    black/white, 2-D integer label maps through the palette, 2-D float maps as viridis on [0, 1]."""
+    arr = _numpy(cell)
+    if arr.ndim == 3:
+        return to_rgb_uint8(arr), {}
+    if arr.ndim == 2 and arr.dtype == np.bool_:
+        return arr.astype(np.float32), {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
+    if arr.ndim == 2 and np.issubdtype(arr.dtype, np.integer):
+        return colorize(arr), {}
+    if arr.ndim == 2:
+        return arr, {"cmap": "viridis", "vmin": 0.0, "vmax": 1.0}
+    raise ValueError(f"image_grid: cannot show an array of shape {arr.shape}")
+
+
+def image_grid(
+    rows: Sequence[Sequence[Any]],
+    titles: Sequence[Sequence[str]] | None = None,
+    *,
+    cell_size: float = 2.5,
+    suptitle: str | None = None,
+) -> Figure:
+    """A grid of images without axes.
+
+    Each cell is an RGB image ((3, H, W) or (H, W, 3), float [0, 1] or uint8), an (H, W) integer
+    label map (palette colours, 255 black), an (H, W) bool mask (black/white), an (H, W) float map
+    shown with viridis on [0, 1], or None (empty). ``titles`` mirrors ``rows``.
+    """
+    n_rows = len(rows)
+    n_cols = max((len(r) for r in rows), default=0)
+    if n_rows == 0 or n_cols == 0:
+        raise ValueError("image_grid: rows is empty")
+    first = next(_cell_image(c)[0] for r in rows for c in r if c is not None)
+    aspect = first.shape[1] / first.shape[0]
+    height = cell_size * n_rows + (0.4 if suptitle else 0.0)
+    fig = Figure(figsize=(cell_size * aspect * n_cols, height))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for i, ax_row in enumerate(axes):
+        for j, ax in enumerate(ax_row):
+            ax.set_axis_off()
+            cell = rows[i][j] if j < len(rows[i]) else None
+            if cell is None:
+                continue
+            arr, kwargs = _cell_image(cell)
+            ax.imshow(arr, interpolation="nearest", **kwargs)
+            if titles is not None and j < len(titles[i]) and titles[i][j]:
+                ax.set_title(titles[i][j], fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def _batch_items(x: Any, n: int) -> list[Any]:
+    return [x[i] for i in range(min(n, len(x)))]
+
+
+def mix_grid(
+    source: Any,
+    target: Any,
+    mask: Any,
+    mixed: Any,
+    mixed_label: Any,
+    *,
+    max_images: int = 4,
+    cell_size: float = 2.5,
+) -> Figure:
+    """ClassMix at a glance: one row per image: source | target | mask | mixed | mixed label.
+
+    Args:
+        source, target, mixed: (B, 3, H, W) float [0, 1] (or uint8) images.
+        mask: (B, 1, H, W) or (B, H, W) mixing mask M (1 = source pixel).
+        mixed_label: (B, H, W) integer trainIds (255 = ignore, black).
+        max_images: at most this many rows.
+    """
+    masks = _numpy(mask)
+    if masks.ndim == 4:
+        masks = masks[:, 0]
+    n = min(max_images, len(source))
+    rows = [
+        [s, t, m.astype(np.float32), x, y]
+        for s, t, m, x, y in zip(
+            _batch_items(source, n), _batch_items(target, n), _batch_items(masks, n),
+            _batch_items(mixed, n), _batch_items(mixed_label, n),
+        )
+    ]
+    titles = [["source", "target", "mask M", "mixed", "mixed label"]] * n
+    return image_grid(rows, titles, cell_size=cell_size)
+
+
+def debug_figure(
+    source: Any,
+    source_label: Any,
+    target: Any,
+    pseudo_label: Any,
+    pseudo_weight: Any,
+    mixed: Any,
+    mixed_label: Any,
+    prediction: Any,
+    *,
+    max_images: int = 1,
+    cell_size: float = 2.5,
+    suptitle: str | None = None,
+) -> Figure:
+    """The trainer's periodic debug figure: two rows of four panels per image.
+
+    Row 1: source image | source label | target image | pseudo-label.
+    Row 2: pseudo-label weight (viridis, [0, 1]) | mixed image | mixed label | student prediction.
+
+    Args:
+        source, target, mixed: (B, 3, H, W) images, float [0, 1] or uint8.
+        source_label, pseudo_label, mixed_label: (B, H, W) integer trainIds (255 = ignore, black).
+        pseudo_weight: (B, H, W) float pixel weights.
+        prediction: (B, H, W) trainIds, or (B, C, H, W) logits/probabilities (argmaxed).
+        max_images: number of images of the batch to show.
+    """
+    pred = _numpy(prediction)
+    if pred.ndim == 4:
+        pred = pred.argmax(1)
+    weight = _numpy(pseudo_weight).astype(np.float32)
+    n = min(max_images, len(source))
+    rows: list[list[Any]] = []
+    titles: list[list[str]] = []
+    for i in range(n):
+        rows += [
+            [source[i], source_label[i], target[i], pseudo_label[i]],
+            [weight[i], mixed[i], mixed_label[i], pred[i]],
+        ]
+        titles += [
+            ["source", "source label", "target", "pseudo-label"],
+            [f"weight (mean {float(weight[i].mean()):.2f})", "mixed", "mixed label", "prediction"],
+        ]
+    return image_grid(rows, titles, cell_size=cell_size, suptitle=suptitle)
+
+
+def plot_confusion_matrix(
+    cm: Any, class_names: Sequence[str], normalize: bool = True, *, annotate: bool = True
+) -> Figure:
+    """Confusion matrix heat map (rows = ground truth, columns = prediction).
+
+    With ``normalize`` each row is divided by its sum (recall per class; rows of absent classes
+    stay blank). ``annotate`` writes the cell values (percent if normalised).
+    """
+    mat = _numpy(cm).astype(np.float64)
+    c = len(class_names)
+    if mat.shape != (c, c):
+        raise ValueError(f"plot_confusion_matrix: cm shape {mat.shape} != ({c}, {c}) class names")
+    if normalize:
+        sums = mat.sum(1, keepdims=True)
+        mat = np.divide(mat, sums, out=np.full_like(mat, np.nan), where=sums > 0)
+    size = max(4.0, 0.42 * c + 2.0)
+    fig = Figure(figsize=(size + 1.0, size))
+    ax = fig.subplots()
+    vmax = 1.0 if normalize else (np.nanmax(mat) if np.isfinite(mat).any() else 1.0)
+    im = ax.imshow(mat, cmap="Blues", vmin=0.0, vmax=vmax)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(c), class_names, rotation=90, fontsize=8)
+    ax.set_yticks(range(c), class_names, fontsize=8)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    if annotate:
+        for i in range(c):
+            for j in range(c):
+                v = mat[i, j]
+                if np.isfinite(v) and v > 0:
+                    text = f"{100 * v:.0f}" if normalize else f"{v:.0f}"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=6,
+                            color="white" if v > 0.6 * vmax else "black")
+    fig.tight_layout()
+    return fig
+
+
+def _matching_keys(records: Sequence[Mapping[str, Any]], key: str) -> list[str]:
+    """Record keys equal to ``key`` or starting with ``key`` + one of "_", "/", "." whose values
+    are numbers, in first-seen order."""
+    found: dict[str, None] = {}
+    for rec in records:
+        for k, v in rec.items():
+            if (k == key or k.startswith((f"{key}_", f"{key}/", f"{key}."))) and isinstance(
+                v, (int, float)
+            ) and not isinstance(v, bool):
+                found[k] = None
+    return list(found)
+
+
+def plot_curves(
+    records: Sequence[Mapping[str, Any]],
+    keys: Sequence[str] = ("loss", "miou"),
+    *,
+    x: str = "iter",
+    panel_size: tuple[float, float] = (4.5, 3.0),
+) -> Figure:
+    """Training curves from metrics.jsonl records, one panel per key, x = ``record["iter"]``.
+
+    A key selects every numeric field equal to it or prefixed by it ("loss" also draws "loss_src",
+    "loss/mix", ...), each as one line over the records that have it; records without the x field
+    are skipped. Panels with no data say so.
+    """
+    records = [r for r in records if x in r]
+    fig = Figure(figsize=(panel_size[0] * len(keys), panel_size[1]))
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, key in zip(axes, keys):
+        names = _matching_keys(records, key)
+        for name in names:
+            pts = [(r[x], r[name]) for r in records if name in r and r[name] is not None]
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o" if len(pts) < 20 else None, markersize=3, label=name)
+        ax.set_title(key)
+        ax.set_xlabel(x)
+        ax.grid(alpha=0.3)
+        if len(names) > 1:
+            ax.legend(fontsize=7)
+        if not names:
+            ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return fig
+
+
+def confidence_map(probs: Any, *, as_rgb: bool = False, cmap: str = "viridis") -> np.ndarray:
+    """Per-pixel confidence = max class probability.
+
+    Args:
+        probs: (C, H, W) or (B, C, H, W) softmax probabilities (not logits).
+        as_rgb: return the map coloured with ``cmap`` on [0, 1] as uint8 RGB instead.
+
+    Returns:
+        (H, W) / (B, H, W) float32 in [0, 1], or (..., H, W, 3) uint8 if ``as_rgb``.
+    """
+    p = _numpy(probs).astype(np.float32)
+    if p.ndim not in (3, 4):
+        raise ValueError(f"confidence_map: expected (C, H, W) or (B, C, H, W), got {p.shape}")
+    conf = p.max(axis=-3)
+    if not as_rgb:
+        return conf
+    rgba = matplotlib.colormaps[cmap](np.clip(conf, 0.0, 1.0))
+    return (rgba[..., :3] * 255.0 + 0.5).astype(np.uint8)
+
+
+def pca_rgb(features: Any) -> np.ndarray:
+    """Project per-pixel features on their top 3 principal components and map them to RGB.
+
+    Args:
+        features: (D, h, w) feature map (e.g. the fused decoder feature).
+
+    Returns:
+        (h, w, 3) float64 in [0, 1]: channel k is principal component k min-max scaled over the
+        pixels; a component with (numerically) zero variance, or missing because D < 3, is 0.
+        Each component's sign is fixed so that its loading with the largest magnitude is positive
+        (deterministic output).
+    """
+    f = torch.as_tensor(_numpy(features), dtype=torch.float64)
+    if f.ndim != 3:
+        raise ValueError(f"pca_rgb: expected features (D, h, w), got shape {tuple(f.shape)}")
+    d, h, w = f.shape
+    x = f.reshape(d, h * w).T
+    x = x - x.mean(0, keepdim=True)
+    evals, evecs = torch.linalg.eigh(x.T @ x)  # ascending eigenvalues of the D×D scatter matrix
+    k = min(3, d)
+    evals, evecs = evals.flip(0)[:k], evecs.flip(1)[:, :k]
+    signs = torch.sign(evecs.gather(0, evecs.abs().argmax(0, keepdim=True)))
+    proj = x @ (evecs * signs)
+    out = np.zeros((h * w, 3))
+    scale = max(float(evals[0]), 0.0)
+    for c in range(k):
+        lo, hi = proj[:, c].min(), proj[:, c].max()
+        if float(evals[c]) > 1e-10 * scale and hi - lo > 0:
+            out[:, c] = ((proj[:, c] - lo) / (hi - lo)).numpy()
+    return out.reshape(h, w, 3)
