@@ -1,0 +1,359 @@
+"""GTA5, SYNTHIA and Cityscapes readers over prepared folders, and ``build_dataset``.
+
+The readers expect a raw download that ``data_scripts/prepare_{gta,synthia,cityscapes}.py ROOT``
+has converted in place (it adds ``*_labelTrainIds.png`` next to the raw labels and writes
+``ROOT/sample_class_stats.json``):
+
+* GTA5: ``ROOT/images/NNNNN.png`` and ``ROOT/labels/NNNNN_labelTrainIds.png``
+  (raw ``ROOT/labels/NNNNN.png``: palette PNG of Cityscapes labelIds). Every image is a training image.
+* SYNTHIA-RAND-CITYSCAPES: ``ROOT/RGB/NNNNNNN.png`` and ``ROOT/GT/LABELS/NNNNNNN_labelTrainIds.png``
+  (raw ``ROOT/GT/LABELS/NNNNNNN.png``: 16-bit 3-channel PNG, class id in the R channel).
+* Cityscapes: ``ROOT/leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png`` and
+  ``ROOT/gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_labelTrainIds.png``
+  (raw ``_gtFine_labelIds.png`` / ``_gtFine_polygons.json``). Class statistics exist for ``train``.
+
+Each item is the common sample dict ``{"image": uint8 (3, H, W) RGB, "label": int64 (H, W) trainIds
+(255 = ignore), "name": str}``; an optional ``transform(image, label) -> (image, label)`` is applied.
+``class_stats()`` returns, per sample in index order, ``{trainId: pixel count}`` of the full-resolution
+label (ignored pixels not counted), read from ``sample_class_stats.json``: a JSON list of
+``{"file": <trainIds label path relative to ROOT>, "<trainId>": count, ...}`` (DAFormer's format, with
+relative paths), the input of :class:`cluda_kit.data.sampling.RareClassSampler`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from cluda_kit.data.prepare import STATS_FILE
+from cluda_kit.data.transforms import resize
+
+__all__ = [
+    "STATS_FILE",
+    "DatasetError",
+    "SegmentationFolder",
+    "GTA5",
+    "Synthia",
+    "Cityscapes",
+    "build_dataset",
+    "read_image",
+    "read_label",
+]
+
+
+Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class DatasetError(RuntimeError):
+    """A prepared dataset is incomplete or inconsistent (unreadable file, stale statistics...)."""
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """Read an image file as a uint8 (3, H, W) RGB tensor; errors name the file."""
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file {path} does not exist") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"cannot read image {path}: {exc}") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def read_label(path: Path) -> np.ndarray:
+    """Read a single-channel label PNG (trainIds or palette indices) as a uint8 (H, W) array."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P"):
+                raise DatasetError(f"label {path} has PIL mode {img.mode!r}; expected a single-channel 8-bit PNG")
+            arr = np.array(img)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"label file {path} does not exist") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"cannot read label {path}: {exc}") from None
+    return arr
+
+
+class SegmentationFolder(Dataset):
+    """A list of (image file, trainIds label file) pairs under a prepared root.
+
+    Subclasses find the pairs; this class loads samples and class statistics.
+
+    Args:
+        root: the dataset root.
+        pairs: ``(name, image path, label path or None)`` in index order; a missing label (only
+            allowed for Cityscapes ``test``) gives an all-255 label.
+        transform: optional ``transform(image, label) -> (image, label)``.
+        length: keep only the first ``length`` samples (None: all).
+        prepare_script: the script that prepares this dataset, named in error messages.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        pairs: list[tuple[str, Path, Path | None]],
+        transform: Transform | None,
+        length: int | None,
+        prepare_script: str,
+    ) -> None:
+        self.root = root
+        self.transform = transform
+        self.prepare_script = prepare_script
+        self._all_pairs = pairs
+        if length is not None and length < 0:
+            raise ValueError(f"length must be >= 0 or None, got {length}")
+        self.pairs = pairs if length is None else pairs[:length]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        name, image_path, label_path = self.pairs[index]
+        image = read_image(image_path)
+        if label_path is None:
+            label = torch.full(image.shape[1:], 255, dtype=torch.int64)
+        else:
+            label = torch.from_numpy(read_label(label_path)).to(torch.int64)
+            if label.shape != image.shape[1:]:
+                raise DatasetError(
+                    f"label {label_path} is {tuple(label.shape)} (H, W) but image {image_path} is "
+                    f"{tuple(image.shape[1:])}: re-run {self.prepare_script} {self.root}"
+                )
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        return {"image": image, "label": label, "name": name}
+
+    def class_stats(self) -> list[dict[int, int]]:
+        """Per-sample ``{trainId: pixel count}`` (index order) from ``ROOT/sample_class_stats.json``.
+
+        Raises:
+            FileNotFoundError: the statistics file does not exist.
+            DatasetError: it is unreadable, or stale: it does not list exactly the dataset's labels.
+        """
+        path = self.root / STATS_FILE
+        rerun = f"re-run {self.prepare_script} {self.root}"
+        if not path.is_file():
+            raise FileNotFoundError(f"class statistics {path} not found: {rerun}")
+        try:
+            entries = json.loads(path.read_text())
+            table = {e["file"]: {int(k): int(v) for k, v in e.items() if k != "file"} for e in entries}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise DatasetError(f"cannot parse class statistics {path}: {exc}; {rerun}") from None
+        keys = [label.relative_to(self.root).as_posix() for _, _, label in self._all_pairs if label is not None]
+        if len(table) != len(keys):
+            raise DatasetError(
+                f"stale class statistics {path}: it lists {len(table)} files but the dataset has "
+                f"{len(keys)} labelled samples; {rerun}"
+            )
+        missing = [k for k in keys if k not in table]
+        if missing:
+            raise DatasetError(
+                f"stale class statistics {path}: {len(missing)} labels are not listed (first: {missing[0]}); {rerun}"
+            )
+        return [table[label.relative_to(self.root).as_posix()] for _, _, label in self.pairs if label is not None]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, samples={len(self)})"
+
+
+def _require_dir(path: Path, what: str, script: str, root: Path) -> None:
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} does not exist")
+    if not path.is_dir():
+        raise FileNotFoundError(f"folder {path} not found: expected {what} (see {script} --help)")
+
+
+def _pair_flat(
+    root: Path, image_dir: Path, label_dir: Path, script: str
+) -> list[tuple[str, Path, Path | None]]:
+    """Pair ``image_dir/STEM.png`` with ``label_dir/STEM_labelTrainIds.png``."""
+    images = sorted(p for p in image_dir.glob("*.png"))
+    if not images:
+        raise FileNotFoundError(f"no images found in {image_dir}: is {root} the dataset root?")
+    have = {p.name for p in label_dir.glob("*_labelTrainIds.png")}
+    if not have:
+        raise FileNotFoundError(f"no *_labelTrainIds.png labels in {label_dir}: run {script} {root} first")
+    pairs: list[tuple[str, Path, Path | None]] = []
+    missing: list[Path] = []
+    for image in images:
+        label = label_dir / f"{image.stem}_labelTrainIds.png"
+        if label.name not in have:
+            missing.append(label)
+        pairs.append((image.stem, image, label))
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(images)} images have no trainIds label (first: {missing[0]}): run "
+            f"{script} {root} (it converts what is missing and names files it cannot convert; remove "
+            f"those images to exclude them)"
+        )
+    return pairs
+
+
+def _check_split(split: str, allowed: tuple[str, ...], dataset: str) -> None:
+    if split not in allowed:
+        raise ValueError(f"{dataset} split must be one of {allowed}, got {split!r}")
+
+
+class GTA5(SegmentationFolder):
+    """GTA5 (24 966 frames, 1914x1052, all used for training) over a prepared root; see the module doc.
+
+    ``split`` accepts only ``"train"`` (every image), as in UDA practice.
+    """
+
+    SCRIPT = "data_scripts/prepare_gta.py"
+
+    def __init__(
+        self, root: str | Path, split: str = "train", transform: Transform | None = None, *, length: int | None = None
+    ) -> None:
+        root = Path(root)
+        _check_split(split, ("train",), "GTA5")
+        for sub in ("images", "labels"):
+            _require_dir(root / sub, "the GTA5 download (images/, labels/)", self.SCRIPT, root)
+        pairs = _pair_flat(root, root / "images", root / "labels", self.SCRIPT)
+        super().__init__(root, pairs, transform, length, self.SCRIPT)
+
+
+class Synthia(SegmentationFolder):
+    """SYNTHIA-RAND-CITYSCAPES (9 400 frames, 1280x760) over a prepared root; see the module doc.
+
+    ``split`` accepts only ``"train"`` (every image). Terrain, truck and train never occur.
+    """
+
+    SCRIPT = "data_scripts/prepare_synthia.py"
+
+    def __init__(
+        self, root: str | Path, split: str = "train", transform: Transform | None = None, *, length: int | None = None
+    ) -> None:
+        root = Path(root)
+        _check_split(split, ("train",), "Synthia")
+        for sub in ("RGB", "GT/LABELS"):
+            _require_dir(root / sub, "SYNTHIA-RAND-CITYSCAPES (RGB/, GT/LABELS/)", self.SCRIPT, root)
+        pairs = _pair_flat(root, root / "RGB", root / "GT" / "LABELS", self.SCRIPT)
+        super().__init__(root, pairs, transform, length, self.SCRIPT)
+
+
+class Cityscapes(SegmentationFolder):
+    """Cityscapes fine annotations (train 2 975, val 500, test 1 525; 2048x1024); see the module doc.
+
+    Labels are required for ``train`` and ``val``; ``test`` images without a converted label get an
+    all-ignore (255) label.  ``class_stats()`` exists for ``train`` only.
+    """
+
+    SCRIPT = "data_scripts/prepare_cityscapes.py"
+    IMAGE_SUFFIX = "_leftImg8bit.png"
+    LABEL_SUFFIX = "_gtFine_labelTrainIds.png"
+
+    def __init__(
+        self, root: str | Path, split: str = "train", transform: Transform | None = None, *, length: int | None = None
+    ) -> None:
+        root = Path(root)
+        _check_split(split, ("train", "val", "test"), "Cityscapes")
+        self.split = split
+        image_dir = root / "leftImg8bit" / split
+        label_dir = root / "gtFine" / split
+        _require_dir(image_dir, "the leftImg8bit_trainvaltest download", self.SCRIPT, root)
+        images = sorted(image_dir.glob(f"*/*{self.IMAGE_SUFFIX}"))
+        if not images:
+            raise FileNotFoundError(f"no *{self.IMAGE_SUFFIX} images found in {image_dir}/<city>/")
+        if split != "test":
+            _require_dir(label_dir, "the gtFine_trainvaltest download", self.SCRIPT, root)
+        have = {p.relative_to(label_dir).as_posix() for p in label_dir.glob(f"*/*{self.LABEL_SUFFIX}")}
+        if split != "test" and not have:
+            raise FileNotFoundError(f"no *{self.LABEL_SUFFIX} labels in {label_dir}/<city>/: run {self.SCRIPT} {root} first")
+        pairs: list[tuple[str, Path, Path | None]] = []
+        missing: list[Path] = []
+        for image in images:
+            base = image.name[: -len(self.IMAGE_SUFFIX)]
+            rel = f"{image.parent.name}/{base}{self.LABEL_SUFFIX}"
+            label: Path | None = label_dir / rel
+            if rel not in have:
+                missing.append(label_dir / rel)
+                label = None
+            pairs.append((base, image, label))
+        if missing and split != "test":
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(images)} {split} images have no trainIds label (first: {missing[0]}): "
+                f"run {self.SCRIPT} {root}"
+            )
+        super().__init__(root, pairs, transform, length, self.SCRIPT)
+
+    def class_stats(self) -> list[dict[int, int]]:
+        if self.split != "train":
+            raise ValueError(f"Cityscapes class statistics exist for the train split only, not {self.split!r}")
+        return super().class_stats()
+
+
+class _Resized(Dataset):
+    """``dataset`` with every sample resized to fit ``size`` (keep ratio) before ``transform``."""
+
+    def __init__(self, dataset: SegmentationFolder, size: tuple[int, int], transform: Transform | None):
+        self.dataset = dataset
+        self.size = size
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.dataset[index]
+        image, label = resize(sample["image"], sample["label"], self.size, keep_ratio=True)
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        return {"image": image, "label": label, "name": sample["name"]}
+
+    def class_stats(self) -> list[dict[int, int]]:
+        """Statistics of the full-resolution labels (as DAFormer's RCS uses them)."""
+        return self.dataset.class_stats()
+
+
+def _field(spec: Any, name: str, default: Any = None) -> Any:
+    if isinstance(spec, Mapping):
+        return spec.get(name, default)
+    return getattr(spec, name, default)
+
+
+def build_dataset(spec: Any, transform: Transform | None = None) -> Dataset:
+    """Build a dataset from a small spec (a mapping or an object such as the config's ``DatasetConfig``).
+
+    Fields (missing ones default to None): ``name`` in {"miniscapes", "gta", "synthia", "cityscapes"};
+    ``split`` ("train"); ``size`` (H, W); ``length``; for miniscapes also ``domain`` in
+    {"game", "sim", "real"} and ``seed`` (0); for the file datasets ``root``.
+
+    * miniscapes: ``Miniscapes(domain, split, size=size, length=length, seed=seed, transform=transform)``
+      (``size`` None keeps Miniscapes' default).
+    * gta / synthia / cityscapes: the reader over ``root`` with its first ``length`` samples; a
+      ``size`` resizes every sample to fit (H, W) keeping the ratio (DAFormer: GTA (720, 1280),
+      Cityscapes (512, 1024)) before ``transform``. ``class_stats()`` still describes full-resolution labels.
+    """
+    name = _field(spec, "name")
+    split = _field(spec, "split") or "train"
+    size = _field(spec, "size")
+    length = _field(spec, "length")
+    if size is not None:
+        size = tuple(int(s) for s in size)
+    if name == "miniscapes":
+        from cluda_kit.data.miniscapes import Miniscapes
+
+        domain = _field(spec, "domain")
+        if domain is None:
+            raise ValueError("dataset spec 'miniscapes' needs a domain: one of 'game', 'sim', 'real'")
+        kwargs: dict[str, Any] = {"length": length, "seed": _field(spec, "seed", 0) or 0, "transform": transform}
+        if size is not None:
+            kwargs["size"] = size
+        return Miniscapes(domain, split, **kwargs)
+    readers = {"gta": GTA5, "synthia": Synthia, "cityscapes": Cityscapes}
+    if name not in readers:
+        raise ValueError(f"unknown dataset name {name!r}; expected one of {['miniscapes', *readers]}")
+    root = _field(spec, "root")
+    if not root:
+        raise ValueError(f"dataset spec {name!r} needs a root folder")
+    if size is None:
+        return readers[name](root, split, transform, length=length)
+    return _Resized(readers[name](root, split, None, length=length), size, transform)

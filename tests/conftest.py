@@ -1,0 +1,11 @@
+"""Shared pytest setup: make ``tests/`` importable so test modules can use ``fake_data``
+(tiny raw GTA5 / SYNTHIA / Cityscapes trees) under any pytest import mode."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
