@@ -1,0 +1,366 @@
+"""HRDA multi-resolution wrapper around any :class:`Segmentor` (METHOD.md section 3).
+
+Training (``forward`` with the module in train mode, or ``inference=False``), input crop x (B, 3, H, W):
+
+- context: the whole crop resized by ``context_scale`` (0.5) -> the segmentor -> context logits
+  (B, C, hc, wc), context fused feature (B, D, hc, wc) and stage maps (FD uses them);
+- detail: one window of ``detail_crop`` (512x512) at full scale, corners multiples of
+  ``detail_divisible`` (8), the same box for the whole batch (HRDA's choice); a random box from the
+  passed ``generator``, a given ``box``, or (``window="entropy"``) the box of highest mean prediction
+  entropy of the context logits (CLUDA, after iteration 12 000 on the mixed batch);
+- scale attention a = sigmoid(attention head(context stages)) (B, C, hc, wc), an extra DAFormer-style
+  head (per-level embeddings + 1x1 fusion, C outputs);
+- fused logits on the full-resolution grid (B, C, gh, gw), gh x gw = ceil(H/s) x ceil(W/s) with s the
+  segmentor's output stride (4 for DAFormer)::
+
+      A     = up(a) * window_mask                   (zero outside the detail window)
+      fused = A * canvas(detail logits) + (1 - A) * up(context logits)
+
+  ``canvas`` places the detail logits into a zero map at the window's grid position and ``up`` is a
+  bilinear resize (align_corners=False) to the grid. Outside the window fused == up(context) exactly.
+  (The release multiplies (1 - a) into the context logits before upsampling and masks a before
+  upsampling; here the mask is applied on the fused grid, which is METHOD.md's formula and keeps
+  the "context outside the window" property exact. Inside the window the two agree.)
+- ``feat_weighter`` (optional, CLUDA): the same kind of head with one output channel and a sigmoid,
+  giving the per-pixel weight map w (B, 1, hc, wc) of the learned-weighted contrastive loss; it
+  is only used by that loss, so only that loss trains it.
+
+The loss, 0.9 * CE(fused) + 0.1 * CE(detail logits vs the label cropped to the window), is computed by
+the trainer with :func:`crop_to_box` for the detail label (``models`` knows no losses).
+
+Inference (eval mode, or ``inference=True`` e.g. for the train-mode EMA teacher): context on the
+whole input at ``context_scale``; detail as overlapping ``detail_crop`` windows every
+``inference_stride`` (256) pixels, their logits summed on the grid and averaged; attention not masked
+(except where no window reached); the same fusion. At test time the trainer's sliding 1024x1024
+windows (``train.eval_mode=slide``) each go through this inference.
+
+Boxes are ``(y0, x0, y1, x1)`` in input pixels, [y0, y1) x [x0, x1).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .heads import DAFormerHead
+from .segmentor import SegOutput, Segmentor
+
+__all__ = [
+    "HRDAOutput", "HRDASegmentor", "crop_to_box", "fuse_scales", "max_entropy_window",
+    "place_in_canvas", "random_window", "window_starts",
+]
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class HRDAOutput(SegOutput):
+    """What :class:`HRDASegmentor` returns (a :class:`SegOutput`, so it plugs in everywhere).
+
+    Attributes:
+        logits: (B, C, gh, gw) fused logits (pre-softmax) on the full-resolution grid of the input,
+            gh x gw = ceil(H/s) x ceil(W/s), s = ``stride``.
+        fused: (B, D, hc, wc) the context fused feature (the CLUDA "LR" feature).
+        stages: the context pass's 4 encoder maps when asked for (FD uses them), else None.
+        embedding: projection of the context fused feature (projection_dim > 0), else None.
+        context_logits: (B, C, hc, wc) context logits.
+        detail_logits: (B, C, hd, wd) detail logits of the window (training); in inference the
+            averaged detail logits of all windows on the full grid (B, C, gh, gw).
+        detail_fused: (B, D, hd, wd) detail fused feature of the window (training), else None.
+        detail_embedding: projection of ``detail_fused`` (projection_dim > 0), else None.
+        attention: (B, C, gh, gw) the scale attention A used in the fusion (masked, upsampled).
+        weight_map: (B, 1, hc, wc) feat_weighter output w in (0, 1), or None.
+        box: (y0, x0, y1, x1) detail window in input pixels (training), None in inference.
+        stride: s, the segmentor's output stride (grid cell side in input pixels).
+    """
+
+    context_logits: Tensor | None = None
+    detail_logits: Tensor | None = None
+    detail_fused: Tensor | None = None
+    detail_embedding: Tensor | None = None
+    attention: Tensor | None = None
+    weight_map: Tensor | None = None
+    box: Box | None = None
+    stride: int = 4
+
+    def grid_box(self) -> Box:
+        """The detail window on the logits grid (input pixels / stride)."""
+        if self.box is None:
+            raise ValueError("hrda.py: this output has no detail window (inference output)")
+        return _grid_box(self.box, self.stride)
+
+    def window_mask(self) -> Tensor:
+        """(1, 1, gh, gw) float mask, 1 inside the detail window on the logits grid."""
+        gh, gw = self.logits.shape[-2:]
+        y0, x0, y1, x1 = self.grid_box()
+        mask = self.logits.new_zeros((1, 1, gh, gw))
+        mask[:, :, y0:y1, x0:x1] = 1
+        return mask
+
+    def detail_canvas(self, t: Tensor) -> Tensor:
+        """Place a detail-window map t (B, K, hd, wd) into a zero (B, K, gh, gw) canvas."""
+        return place_in_canvas(t, self.grid_box(), self.logits.shape[-2:])
+
+
+# --------------------------------------------------------------------------------- pure helpers
+def _grid_box(box: Box, stride: int) -> Box:
+    y0, x0, y1, x1 = box
+    if y0 % stride or x0 % stride:
+        raise ValueError(
+            f"hrda.py: detail window corner ({y0}, {x0}) is not a multiple of the output stride "
+            f"{stride}; use a model.hrda.detail_divisible that is a multiple of it"
+        )
+    return y0 // stride, x0 // stride, math.ceil(y1 / stride), math.ceil(x1 / stride)
+
+
+def random_window(size: tuple[int, int], crop: tuple[int, int], divisible: int = 8,
+                  generator: torch.Generator | None = None) -> Box:
+    """A random window of ``crop`` = (h, w) (clipped to the image) inside an image of ``size`` =
+    (H, W), corners uniform over the multiples of ``divisible`` that keep it inside.
+
+    Returns (y0, x0, y1, x1). Two integers are drawn from ``generator`` (CPU) every call.
+    """
+    (height, width), (ch, cw) = size, crop
+    ch, cw = min(ch, height), min(cw, width)
+    dev = generator.device if generator is not None else torch.device("cpu")
+    high = torch.tensor([(height - ch) // divisible + 1, (width - cw) // divisible + 1])
+    draws = (torch.rand(2, generator=generator, device=dev).cpu() * high).long().clamp_max(high - 1)
+    y0, x0 = (int(v) * divisible for v in draws)
+    return y0, x0, y0 + ch, x0 + cw
+
+
+def window_starts(size: int, window: int, stride: int, divisible: int = 1) -> list[int]:
+    """Starts of overlapping windows along one axis: every ``stride`` pixels, the last one moved
+    back to end at the border (mmseg slide semantics), each floored to a multiple of ``divisible``
+    (then the last may end up to divisible-1 pixels short of the border). A window larger than
+    the axis is clipped: one start, 0."""
+    window = min(window, size)
+    n = max(math.ceil((size - window) / stride), 0) + 1
+    return sorted({min(i * stride, size - window) // divisible * divisible for i in range(n)})
+
+
+def crop_to_box(t: Tensor, box: Box) -> Tensor:
+    """t (..., H, W) -> t[..., y0:y1, x0:x1] (labels, weights or images)."""
+    y0, x0, y1, x1 = box
+    return t[..., y0:y1, x0:x1]
+
+
+def place_in_canvas(t: Tensor, grid_box: Box, size: Sequence[int]) -> Tensor:
+    """Place t (B, K, hd, wd) into a zero canvas (B, K, *size) at ``grid_box`` = (y0, x0, y1, x1)
+    in canvas cells (t is cut where it would stick out of the canvas). Differentiable in t."""
+    gh, gw = int(size[0]), int(size[1])
+    y0, x0, y1, x1 = grid_box
+    y1, x1 = min(y1, gh, y0 + t.shape[-2]), min(x1, gw, x0 + t.shape[-1])
+    return F.pad(t[..., : y1 - y0, : x1 - x0], (x0, gw - x1, y0, gh - y1))
+
+
+def fuse_scales(context_logits: Tensor, detail_canvas: Tensor, attention: Tensor,
+                valid: Tensor) -> tuple[Tensor, Tensor]:
+    """HRDA's scale fusion on the full-resolution grid.
+
+    Args:
+        context_logits: (B, C, hc, wc) context logits.
+        detail_canvas: (B, C, gh, gw) detail logits placed on the grid (0 where no detail).
+        attention: (B, C, hc, wc) scale attention a in (0, 1) (sigmoid already applied).
+        valid: (B or 1, 1, gh, gw) 1 where detail logits exist (the window), 0 elsewhere.
+
+    Returns:
+        fused (B, C, gh, gw) = A * detail_canvas + (1 - A) * up(context_logits), and
+        A = up(attention) * valid; ``up`` is bilinear (align_corners=False) to gh x gw.
+    """
+    size = detail_canvas.shape[-2:]
+    ctx = F.interpolate(context_logits, size=size, mode="bilinear", align_corners=False)
+    a = F.interpolate(attention, size=size, mode="bilinear", align_corners=False) * valid.to(attention.dtype)
+    return a * detail_canvas + (1 - a) * ctx, a
+
+
+@torch.no_grad()
+def max_entropy_window(context_logits: Tensor, image_size: tuple[int, int], window: tuple[int, int],
+                       stride: tuple[int, int], divisible: int = 8) -> Box:
+    """The window of the batch with the highest mean prediction entropy (CLUDA's choice of the mixed
+    batch's detail window after iteration 12 000).
+
+    Args:
+        context_logits: (B, C, hc, wc) logits (pre-softmax) of the context pass over the image.
+        image_size: (H, W) of the input the windows live in.
+        window: (h, w) window size (512, 512); clipped to the image.
+        stride: (sh, sw) between candidate starts (256, 256), see :func:`window_starts`.
+        divisible: candidate corners are multiples of this (8).
+
+    The per-pixel entropy -sum_c p_c log p_c of softmax(logits) is bilinearly resized to H x W;
+    the score of a window is its mean over the window and the batch. Ties go to the first
+    candidate in row-major order. Returns (y0, x0, y1, x1). One host sync (the argmax).
+    """
+    logp = F.log_softmax(context_logits.float(), dim=1)
+    ent = -(logp.exp() * logp).sum(dim=1, keepdim=True)
+    ent = F.interpolate(ent, size=tuple(image_size), mode="bilinear", align_corners=False).mean(dim=0)[0]
+    (height, width), (wh, ww) = image_size, window
+    wh, ww = min(wh, height), min(ww, width)
+    # integral image: every window mean in one gather
+    integral = F.pad(ent.double().cumsum(0).cumsum(1), (1, 0, 1, 0))
+    ys = torch.tensor(window_starts(height, wh, stride[0], divisible), device=ent.device)
+    xs = torch.tensor(window_starts(width, ww, stride[1], divisible), device=ent.device)
+    y0, x0 = ys[:, None], xs[None, :]
+    sums = integral[y0 + wh, x0 + ww] - integral[y0, x0 + ww] - integral[y0 + wh, x0] + integral[y0, x0]
+    best = int(sums.flatten().argmax())
+    by, bx = int(ys[best // xs.numel()]), int(xs[best % xs.numel()])
+    return by, bx, by + wh, bx + ww
+
+
+# --------------------------------------------------------------------------------------- module
+class HRDASegmentor(nn.Module):
+    """Multi-resolution (context + detail) training and inference around a :class:`Segmentor`.
+
+    Args:
+        segmentor: the shared encoder + decoder (any encoder/head pair).
+        num_classes: C.
+        context_scale: the context input is the whole crop resized by this (0.5).
+        detail_crop: (h, w) detail window at full scale (512, 512).
+        detail_divisible: detail window corners are multiples of this (8); must be a multiple of
+            the segmentor's output stride.
+        detail_loss_weight: weight of the detail CE (0.1; the fused CE gets 1 - this). Stored for
+            the trainer.
+        inference_stride: (sh, sw) between detail windows in inference (256, 256).
+        feat_weighter: add CLUDA's one-channel weight head.
+        embed_dim, fused_dim, dropout: of the attention and weight heads (DAFormer-style per-level
+            embeddings to ``embed_dim``, 1x1 conv-BN-ReLU fusion to ``fused_dim``).
+        inference_batch: detail windows forwarded together in inference (0 = all at once).
+
+    ``.encoder`` / ``.decoder`` are the wrapped segmentor's (parameter groups, FD's ImageNet copy).
+    """
+
+    def __init__(self, segmentor: Segmentor, num_classes: int, *, context_scale: float = 0.5,
+                 detail_crop: tuple[int, int] = (512, 512), detail_divisible: int = 8,
+                 detail_loss_weight: float = 0.1, inference_stride: tuple[int, int] = (256, 256),
+                 feat_weighter: bool = False, embed_dim: int = 256, fused_dim: int = 256,
+                 dropout: float = 0.1, inference_batch: int = 0) -> None:
+        super().__init__()
+        stride = int(segmentor.output_stride)
+        if detail_divisible % stride:
+            raise ValueError(
+                f"model.hrda.detail_divisible={detail_divisible} must be a multiple of the "
+                f"segmentor's output stride {stride}"
+            )
+        if not 0.0 < context_scale <= 1.0:
+            raise ValueError(f"model.hrda.context_scale={context_scale} must be in (0, 1]")
+        self.segmentor = segmentor
+        self.num_classes = num_classes
+        self.context_scale = float(context_scale)
+        self.detail_crop = (int(detail_crop[0]), int(detail_crop[1]))
+        self.detail_divisible = int(detail_divisible)
+        self.detail_loss_weight = float(detail_loss_weight)
+        self.inference_stride = (int(inference_stride[0]), int(inference_stride[1]))
+        self.inference_batch = int(inference_batch)
+        self.output_stride = stride
+        channels = tuple(segmentor.encoder.out_channels)
+        self.scale_attention = DAFormerHead(channels, num_classes, embed_dim, fused_dim,
+                                            dropout=dropout, fusion="conv1x1")
+        self.feat_weighter = (DAFormerHead(channels, 1, embed_dim, fused_dim, dropout=dropout,
+                                           fusion="conv1x1") if feat_weighter else None)
+
+    @classmethod
+    def from_config(cls, segmentor: Segmentor, model_cfg: Any) -> HRDASegmentor:
+        """Wrap ``segmentor`` with the settings of a ``ModelConfig`` (its ``hrda`` section,
+        ``num_classes``, ``embed_dim``, ``fused_dim``, ``dropout``)."""
+        h = model_cfg.hrda
+        return cls(segmentor, model_cfg.num_classes, context_scale=h.context_scale,
+                   detail_crop=tuple(h.detail_crop), detail_divisible=h.detail_divisible,
+                   detail_loss_weight=h.detail_loss_weight,
+                   inference_stride=tuple(h.inference_stride), feat_weighter=h.feat_weighter,
+                   embed_dim=model_cfg.embed_dim, fused_dim=model_cfg.fused_dim,
+                   dropout=model_cfg.dropout)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.segmentor.encoder
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.segmentor.decoder
+
+    # ------------------------------------------------------------------ pieces
+    def context_input(self, x: Tensor) -> Tensor:
+        """x (B, 3, H, W) -> the context input (B, 3, round(H*scale), round(W*scale)), bilinear."""
+        if self.context_scale == 1.0:
+            return x
+        size = (round(x.shape[-2] * self.context_scale), round(x.shape[-1] * self.context_scale))
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    def _context(self, x: Tensor) -> tuple[SegOutput, Tensor, Tensor | None]:
+        ctx = self.segmentor(self.context_input(x), return_stages=True)
+        att = torch.sigmoid(self.scale_attention(ctx.stages)[0])
+        wmap = torch.sigmoid(self.feat_weighter(ctx.stages)[0]) if self.feat_weighter is not None else None
+        return ctx, att, wmap
+
+    def _grid(self, x: Tensor) -> tuple[int, int]:
+        return math.ceil(x.shape[-2] / self.output_stride), math.ceil(x.shape[-1] / self.output_stride)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor, *, return_stages: bool = False, inference: bool | None = None,
+                box: Box | None = None, window: str = "random",
+                generator: torch.Generator | None = None) -> HRDAOutput:
+        """x (B, 3, H, W) normalised images -> :class:`HRDAOutput`.
+
+        ``inference`` (default: ``not self.training``) selects :meth:`predict`. In training the
+        detail window is ``box`` when given, else ``window="random"`` (drawn from ``generator``) or
+        ``window="entropy"`` (:func:`max_entropy_window` of the context logits).
+        """
+        if inference is None:
+            inference = not self.training
+        if inference:
+            return self.predict(x, return_stages=return_stages)
+        size = (x.shape[-2], x.shape[-1])
+        ctx, att, wmap = self._context(x)
+        if box is None:
+            if window == "random":
+                box = random_window(size, self.detail_crop, self.detail_divisible, generator)
+            elif window == "entropy":
+                box = max_entropy_window(ctx.logits.detach(), size, self.detail_crop,
+                                         self.inference_stride, self.detail_divisible)
+            else:
+                raise ValueError(f"hrda.py: window={window!r}, expected 'random' or 'entropy'")
+        det = self.segmentor(crop_to_box(x, box))
+        out = HRDAOutput(ctx.logits, ctx.fused, ctx.stages if return_stages else None, ctx.embedding,
+                         context_logits=ctx.logits, detail_logits=det.logits, detail_fused=det.fused,
+                         detail_embedding=det.embedding, weight_map=wmap, box=box,
+                         stride=self.output_stride)
+        grid = self._grid(x)
+        canvas = place_in_canvas(det.logits, out.grid_box(), grid)
+        valid = place_in_canvas(det.logits.new_ones((1, 1) + det.logits.shape[-2:]), out.grid_box(), grid)
+        out.logits, out.attention = fuse_scales(ctx.logits, canvas, att, valid)
+        return out
+
+    def predict(self, x: Tensor, *, return_stages: bool = False) -> HRDAOutput:
+        """HRDA inference on x (B, 3, H, W): whole context + overlapping detail windows, averaged.
+
+        Works in either module mode (the train-mode EMA teacher uses it for pseudo-labels).
+        """
+        ctx, att, wmap = self._context(x)
+        height, width = x.shape[-2:]
+        s = self.output_stride
+        boxes = [(y0, x0, y0 + min(self.detail_crop[0], height), x0 + min(self.detail_crop[1], width))
+                 for y0 in window_starts(height, self.detail_crop[0], self.inference_stride[0], s)
+                 for x0 in window_starts(width, self.detail_crop[1], self.inference_stride[1], s)]
+        grid = self._grid(x)
+        summed = count = None
+        chunk = self.inference_batch or len(boxes)
+        for start in range(0, len(boxes), chunk):
+            part = boxes[start : start + chunk]
+            logits = self.segmentor(torch.cat([crop_to_box(x, b) for b in part])).logits
+            if summed is None:
+                summed = logits.new_zeros((x.shape[0], logits.shape[1]) + grid)
+                count = logits.new_zeros((1, 1) + grid)
+            ones = logits.new_ones((1, 1) + logits.shape[-2:])
+            for k, b in enumerate(part):
+                gb = _grid_box(b, s)
+                summed = summed + place_in_canvas(logits[k * x.shape[0] : (k + 1) * x.shape[0]], gb, grid)
+                count = count + place_in_canvas(ones, gb, grid)
+        detail = summed / count.clamp_min(1)
+        fused, a = fuse_scales(ctx.logits, detail, att, (count > 0).to(att.dtype))
+        return HRDAOutput(fused, ctx.fused, ctx.stages if return_stages else None, ctx.embedding,
+                          context_logits=ctx.logits, detail_logits=detail, attention=a,
+                          weight_map=wmap, stride=s)
