@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 RUN ?= runs/demo
 PYTEST_ARGS ?=
+# idle OpenMP threads must not spin: it slows small or shared CPUs down many times over
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install demo test test-fast notebooks bench clean-runs
 

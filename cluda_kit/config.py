@@ -73,8 +73,11 @@ class HRDAConfig:
     detail_divisible: int = 8  # detail window corners are multiples of this
     detail_loss_weight: float = 0.1  # 0.9 * CE(fused) + 0.1 * CE(detail)
     inference_stride: tuple[int, int] = (256, 256)  # detail windows in inference
-    feat_weighter: bool = False  # CLUDA learned-weighted contrastive loss head
-    entropy_window_after: int | None = None  # max-entropy detail window from this iter on (12000)
+    feat_weighter: bool = False  # CLUDA learned-weighted contrastive loss head (needed for the
+    # multi-resolution loss; without it HRDA + contrastive uses the single-resolution loss on the
+    # context fused feature)
+    entropy_window_after: int | None = None  # mixed batch: max-entropy detail window from this
+    # iteration on (CLUDA: 12000); None = always random
 
 
 @dataclass(frozen=True)
@@ -430,6 +433,14 @@ def validate(cfg: Config) -> None:
         ("optim.lr", cfg.optim.lr > 0, "positive"),
         ("loss.contrastive.temperature", cfg.loss.contrastive.temperature > 0, "positive"),
         ("data.cat_max_ratio", 0.0 < cfg.data.cat_max_ratio <= 1.0, "in (0, 1]"),
+        # HRDA
+        ("model.hrda.context_scale", 0.0 < cfg.model.hrda.context_scale <= 1.0, "in (0, 1]"),
+        ("model.hrda.detail_loss_weight", 0.0 <= cfg.model.hrda.detail_loss_weight <= 1.0,
+         "in [0, 1]"),
+        ("model.hrda.detail_divisible", cfg.model.hrda.detail_divisible >= 1, "at least 1"),
+        ("model.hrda.detail_crop", min(cfg.model.hrda.detail_crop) >= 1, "positive sizes"),
+        ("model.hrda.inference_stride", min(cfg.model.hrda.inference_stride) >= 1,
+         "positive strides"),
     ]
     for key, ok, expected in checks:
         if not ok:

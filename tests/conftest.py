@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# spinning OpenMP threads slow the small shared CI machine down many times over
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:

@@ -1,0 +1,167 @@
+"""The ``cluda-kit`` command (also ``python -m cluda_kit``, and under ``torchrun -m cluda_kit``).
+
+    cluda-kit train CONFIG [--set key=value ...] [--out RUN_DIR] [--overwrite]
+    cluda-kit train --resume RUN_DIR [--set train.max_iters=N]
+    cluda-kit evaluate RUN_DIR_OR_CHECKPOINT [--split val] [--save-predictions DIR]
+    cluda-kit presets
+    cluda-kit prepare {gta,synthia,cityscapes} ROOT [--workers N]
+    cluda-kit bench [ARGS...]
+
+Mistakes in the command line, the config, or the data give one line naming the culprit, not a
+traceback (``--debug`` shows the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine.trainer import Trainer, print_summary
+
+    if args.resume:
+        if args.config:
+            raise UsageError("train: give either CONFIG or --resume RUN_DIR, not both")
+        trainer = Trainer.resume(args.resume, overrides=args.set)
+    else:
+        if not args.config:
+            raise UsageError("train: give a preset name or a YAML path (see `cluda-kit presets`)")
+        cfg = load_config(args.config, overrides=args.set)
+        out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        trainer = Trainer(cfg, out, overwrite=args.overwrite)
+    if trainer.dist.is_main:
+        print(f"run directory: {trainer.out_dir}  (device {trainer.device}, "
+              f"iteration {trainer.iter} of {trainer.cfg.train.max_iters})", flush=True)
+    summary = trainer.fit()
+    if trainer.dist.is_main:
+        print(f"\n{trainer.cfg.name}: {summary['iter']} iterations in "
+              f"{summary['wall_time_s']:.0f} s ({summary['iters_per_s']:.2f} it/s); "
+              f"per-class IoU on {trainer.cfg.data.val.name}:{trainer.cfg.data.val.domain} "
+              f"{trainer.cfg.data.val.split}:")
+        print(print_summary(summary))
+        print(f"summary: {trainer.out_dir / 'summary.json'}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .engine.trainer import Trainer, print_summary
+
+    trainer = Trainer.resume(args.run, overrides=[f"data.val.split={args.split}"]
+                             if args.split else ())
+    if args.teacher and trainer.teacher is None:
+        raise UsageError(f"{args.run}: this run has no teacher")
+    model = trainer.teacher.model if args.teacher else trainer.student
+    callback = None
+    if args.save_predictions:
+        from .engine.evaluate import save_cityscapes_predictions
+
+        written: list = []
+
+        def callback(batch, pred):
+            written.extend(save_cityscapes_predictions(pred.cpu(), batch["name"],
+                                                       args.save_predictions))
+
+    res = trainer.evaluate(model, callback=callback)
+    summary = {"miou": 100.0 * float(res["miou"]),
+               "iou": {c: 100.0 * float(v) for c, v in zip(_classes(), res["iou"])}}
+    print(print_summary(summary))
+    if args.save_predictions:
+        print(f"wrote {len(written)} Cityscapes labelId predictions to {args.save_predictions}")
+    return 0
+
+
+def _classes():
+    from .data.labels import CLASSES
+
+    return CLASSES
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from .config import preset_names
+
+    print("\n".join(preset_names()))
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from .data import prepare
+
+    fn = {"gta": prepare.prepare_gta, "synthia": prepare.prepare_synthia,
+          "cityscapes": prepare.prepare_cityscapes}[args.dataset]
+    return int(fn(args.root, workers=args.workers) or 0)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import runpy
+
+    sys.argv = ["bench", *args.rest]
+    runpy.run_module("bench", run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cluda-kit", description=__doc__.split("\n\n")[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a preset or a YAML config (or resume a run)")
+    t.add_argument("config", nargs="?", help="preset name or path to a YAML file")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.max_iters=100 (repeatable)")
+    t.add_argument("--out", help="run directory (default runs/<preset>-<time>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    t.add_argument("--overwrite", action="store_true", help="start afresh in an existing --out")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="print the per-class IoU table of a run or checkpoint")
+    e.add_argument("run", help="run directory or checkpoint file")
+    e.add_argument("--split", default=None, help="val split to use (default: the run's)")
+    e.add_argument("--teacher", action="store_true", help="evaluate the EMA teacher")
+    e.add_argument("--save-predictions", metavar="DIR",
+                   help="also write Cityscapes labelId PNGs for the official evaluator")
+    e.set_defaults(func=_evaluate)
+
+    ps = sub.add_parser("presets", help="list the shipped presets")
+    ps.set_defaults(func=_presets)
+
+    pr = sub.add_parser("prepare", help="convert a raw dataset download in place")
+    pr.add_argument("dataset", choices=["gta", "synthia", "cityscapes"])
+    pr.add_argument("root")
+    pr.add_argument("--workers", type=int, default=None)
+    pr.set_defaults(func=_prepare)
+
+    b = sub.add_parser("bench", help="run the benchmark suite (python -m bench)")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    # OpenMP threads that spin while waiting slow a shared or small CPU down many times over
+    # (a 0.4 s step took 7 s on a loaded 2-core machine); it must be set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+
+    try:
+        return args.func(args)
+    except (ConfigError, UsageError, FileNotFoundError) as err:
+        if args.debug:
+            raise
+        print(f"cluda-kit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cluda-kit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

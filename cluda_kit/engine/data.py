@@ -1,0 +1,80 @@
+"""Data plumbing of the trainer: the config's dataset sections -> resumable streams and loaders.
+
+Source stream: random crop (with the 75 % single-class limit), flip, and rare class sampling when
+``data.rcs.enabled``. Target stream: random crop and flip, uniform indices. Both are endless and
+resumable (:class:`cluda_kit.data.sampling.Endless`). The validation loader runs over the whole
+val split (or its first ``data.val_length`` samples), sharded by rank under DDP.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+
+from ..config import Config, ConfigError, DatasetConfig
+from ..data.datasets import build_dataset
+from ..data.sampling import Endless, InfiniteSampler, RareClassSampler, SampleKey, TransformedDataset, endless
+from ..data.transforms import PairedTransform
+
+
+def dataset_from_config(spec: DatasetConfig, where: str) -> Dataset:
+    """Build the dataset a config section describes; errors name the section and the problem."""
+    fields: dict[str, Any] = {"name": spec.name, "split": spec.split, "length": spec.length,
+                              "domain": spec.domain, "seed": spec.seed, "root": spec.root}
+    fields["size"] = spec.size if spec.name == "miniscapes" else spec.resize
+    try:
+        ds = build_dataset(fields)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+    if len(ds) == 0:
+        raise ConfigError(f"{where}: the dataset {spec.name}:{spec.root or spec.domain} is empty")
+    return ds
+
+
+def _stream_seed(cfg: Config, domain: str) -> int:
+    return cfg.train.seed * 2 + (0 if domain == "source" else 1)
+
+
+def train_stream(cfg: Config, domain: str, rank: int = 0, world_size: int = 1) -> Endless:
+    """Endless batches ``{"image": uint8 (B,3,h,w), "label": int64 (B,h,w), "name"}`` of the
+    source (``domain="source"``) or target training set, cropped to ``data.crop_size``."""
+    d = cfg.data
+    spec = d.source if domain == "source" else d.target
+    ds = dataset_from_config(spec, f"data.{domain}")
+    is_source = domain == "source"
+    transform = PairedTransform(crop=d.crop_size, flip=d.flip_prob,
+                                cat_max_ratio=d.cat_max_ratio if is_source else 1.0)
+    seed = _stream_seed(cfg, domain)
+    if is_source and d.rcs.enabled:
+        sampler = RareClassSampler(ds.class_stats(), d.rcs.temperature, d.rcs.min_pixels,
+                                   num_classes=cfg.model.num_classes, seed=seed, rank=rank,
+                                   world_size=world_size)
+        tds = TransformedDataset(ds, transform, min_crop_pixels=d.rcs.min_pixels * d.rcs.min_crop_ratio,
+                                 max_recrops=d.rcs.max_tries)
+    else:
+        sampler = InfiniteSampler(len(ds), seed=seed, rank=rank, world_size=world_size)
+        tds = TransformedDataset(ds, transform)
+    loader = DataLoader(
+        tds, batch_size=d.batch_size, sampler=sampler, num_workers=d.num_workers, drop_last=True,
+        pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0,
+        # its own generator: starting an iterator must not consume the global RNG (resume)
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return endless(loader)
+
+
+def val_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """The target validation loader (whole images, no augmentation), this rank's shard."""
+    ds = dataset_from_config(cfg.data.val, "data.val")
+    n = len(ds) if cfg.data.val_length is None else min(cfg.data.val_length, len(ds))
+    indices = list(range(rank, n, world_size))
+    return DataLoader(Subset(ds, indices), batch_size=cfg.data.val_batch_size, shuffle=False,
+                      num_workers=cfg.data.num_workers, generator=torch.Generator())
+
+
+def peek(stream: Endless, k: int = 0) -> dict:
+    """Sample ``k`` of the stream's dataset as a batch of one, with its training transform, without
+    advancing the stream (for figures and notebooks)."""
+    ds = stream.loader.dataset
+    return default_collate([ds[SampleKey(k % len(ds), seed=k)]])
