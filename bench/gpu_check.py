@@ -1,0 +1,215 @@
+"""GPU check: seconds per iteration, peak memory and achieved TFLOP/s of the full UDA step.
+
+Runs a few training iterations of ``gta2cs_daformer_cluda`` (512x512 crops) and
+``gta2cs_hrda_cluda`` (1024x1024 crops, 0.5-scale context + 512x512 detail) at the paper's
+resolution with random weights, in fp32 and under bf16 autocast, each with and without activation
+checkpointing (``model.activation_checkpointing``). No dataset is needed: the presets' datasets are
+replaced (config overrides) by small miniscapes sets, and the trainer's source/target streams by a
+fixed batch of miniscapes scenes rendered at the crop size and kept on the device, so the numbers
+are the model's step, not data loading.
+
+Per setting: ``warmup`` steps, one step under ``torch.utils.flop_counter.FlopCounterMode`` (model
+FLOPs per iteration: forward + backward of every pass, the contrastive loss's matrix products
+and, with activation checkpointing, the recomputed forwards included), ``iters`` timed steps
+(CUDA-synchronised wall clock), the peak of ``torch.cuda.max_memory_allocated``, and one more
+step under ``torch.cuda.set_sync_debug_mode("warn")`` that reports whether (and where) the step
+synchronised host and device. "fp32" runs with TF32 switched off (true fp32, as the reference's GPUs).
+
+    python bench/gpu_check.py --out bench/results/gpu_check.json          # on a GPU, < 8 min on an H100
+    python bench/gpu_check.py --quick --out /tmp/gpu_check.json           # CPU smoke test, tiny sizes
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from cluda_kit.config import load_config  # noqa: E402
+from cluda_kit.data.miniscapes import Miniscapes  # noqa: E402
+from cluda_kit.engine.trainer import Trainer  # noqa: E402
+
+PRESETS = ("gta2cs_daformer_cluda", "gta2cs_hrda_cluda")
+AMPS = ("none", "bf16")
+CHECKPOINTING = (False, True)
+
+
+def overrides(preset: str, quick: bool, amp: str, ckpt: bool, device: str) -> list[str]:
+    """Config overrides: miniscapes stand-ins for the datasets, no evaluation/checkpoints/figures,
+    random weights; ``quick`` shrinks the model and the crops to CPU size."""
+    base = load_config(preset)
+    crop = list(base.data.crop_size)
+    if quick:
+        crop = [64, 64]
+    out = [f"data.{d}.name=miniscapes" for d in ("source", "target", "val")]
+    out += [f"data.{d}.size={crop}" for d in ("source", "target", "val")]
+    out += [f"data.{d}.length=2" for d in ("source", "target", "val")]
+    out += ["data.source.domain=game", "data.target.domain=real", "data.val.domain=real",
+            f"data.crop_size={crop}", "data.rcs.enabled=false", "data.num_workers=0",
+            "model.pretrained=", f"model.activation_checkpointing={str(ckpt).lower()}",
+            f"train.amp={amp}", f"train.device={device}", "train.eval_every=0",
+            "train.checkpoint_every=0", "train.figure_every=0", "train.log_every=1000000"]
+    if quick:
+        out += ["model.encoder=mit_nano", "model.embed_dim=16", "model.fused_dim=16",
+                "loss.contrastive.grid=[16, 16]", "train.threads=1"]
+        if base.model.hrda.enabled:
+            out += ["model.hrda.detail_crop=[32, 32]", "model.hrda.inference_stride=[16, 16]"]
+    return out
+
+
+class FixedBatches:
+    """An endless stream that always yields the same batch (already on the device)."""
+
+    def __init__(self, batch: dict):
+        self.batch = batch
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return self.batch
+
+
+def fixed_batch(domain: str, size: tuple[int, int], batch_size: int, device: torch.device) -> dict:
+    ds = Miniscapes(domain, "train", size=size, length=batch_size, seed=0)
+    samples = [ds[i] for i in range(batch_size)]
+    return {"image": torch.stack([s["image"] for s in samples]).to(device),
+            "label": torch.stack([s["label"] for s in samples]).to(device),
+            "name": [s["name"] for s in samples]}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(preset: str, amp: str, ckpt: bool, *, quick: bool, device: torch.device,
+            warmup: int, iters: int) -> dict:
+    cfg = load_config(preset, overrides(preset, quick, amp, ckpt, str(device)))
+    record = {"preset": preset, "amp": amp, "activation_checkpointing": ckpt,
+              "crop": list(cfg.data.crop_size), "encoder": cfg.model.encoder,
+              "hrda": cfg.model.hrda.enabled}
+    trainer = None
+    try:
+        torch.manual_seed(0)
+        trainer = Trainer(cfg, progress=False)
+        b = cfg.data.batch_size
+        trainer.source = FixedBatches(fixed_batch("game", cfg.data.crop_size, b, device))
+        trainer.target = FixedBatches(fixed_batch("real", cfg.data.crop_size, b, device))
+        for _ in range(warmup):
+            trainer.step()
+        # model FLOPs of one iteration
+        with FlopCounterMode(display=False) as counter:
+            trainer.step()
+        flops = counter.get_total_flops()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            res = trainer.step()
+        _sync(device)
+        sec = (time.perf_counter() - t0) / iters
+        record.update(sec_per_iter=sec, flops_per_iter=flops,
+                      achieved_tflops=flops / sec / 1e12,
+                      loss=res.values.get("loss"))
+        if device.type == "cuda":
+            record["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            # host-device synchronisations inside one step
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    trainer.step()
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            msgs = [str(w.message).splitlines()[0] for w in caught
+                    if "synchroniz" in str(w.message).lower()]
+            record.update(sync_in_step=bool(msgs), sync_count=len(msgs),
+                          sync_messages=sorted(set(msgs))[:5])
+        else:
+            record.update(peak_mem_gib=None, sync_in_step=None, sync_count=None, sync_messages=[])
+    except torch.cuda.OutOfMemoryError as err:  # report and go on with the next setting
+        record.update(error=f"out of memory: {str(err).splitlines()[0]}")
+    finally:
+        del trainer
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return record
+
+
+def markdown(records: list[dict], device_name: str) -> str:
+    lines = [f"GPU check on {device_name} (random weights, miniscapes batches at the crop size)", "",
+             "| preset | crop | amp | act. ckpt | s/iter | peak GiB | TFLOP/iter | TFLOP/s | sync in step |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        crop = "x".join(map(str, r["crop"]))
+        if "error" in r:
+            lines.append(f"| {r['preset']} | {crop} | {r['amp']} | {r['activation_checkpointing']} "
+                         f"| {r['error']} | | | | |")
+            continue
+        mem = "-" if r["peak_mem_gib"] is None else f"{r['peak_mem_gib']:.1f}"
+        sync = "-" if r["sync_in_step"] is None else (f"yes ({r['sync_count']})" if r["sync_in_step"] else "no")
+        lines.append(f"| {r['preset']} | {crop} | {r['amp']} | {r['activation_checkpointing']} "
+                     f"| {r['sec_per_iter']:.3f} | {mem} | {r['flops_per_iter'] / 1e12:.2f} "
+                     f"| {r['achieved_tflops']:.1f} | {sync} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, help="write the records as JSON here")
+    ap.add_argument("--quick", action="store_true", help="CPU smoke test at tiny sizes")
+    ap.add_argument("--presets", nargs="+", default=list(PRESETS))
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3; quick 0)")
+    ap.add_argument("--iters", type=int, default=None, help="timed steps (default 5; quick 1)")
+    args = ap.parse_args(argv)
+    warmup = args.warmup if args.warmup is not None else (0 if args.quick else 3)
+    iters = args.iters if args.iters is not None else (1 if args.quick else 5)
+    if args.quick:
+        device = torch.device("cpu")
+        device_name = f"CPU ({platform.processor() or platform.machine()})"
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", 0)
+        device_name = torch.cuda.get_device_name(device)
+        # "fp32" means true fp32 (no TF32 tensor cores), as the reference's GPUs ran it
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    else:
+        ap.error("no CUDA device: run on a GPU, or pass --quick for the CPU smoke test")
+    records = []
+    for preset in args.presets:
+        for amp in AMPS:
+            for ckpt in CHECKPOINTING:
+                rec = measure(preset, amp, ckpt, quick=args.quick, device=device,
+                              warmup=warmup, iters=iters)
+                rec["device"] = device_name
+                records.append(rec)
+                print(json.dumps({k: v for k, v in rec.items() if k != "sync_messages"}), flush=True)
+    table = markdown(records, device_name)
+    print(table)
+    for r in records:
+        if r.get("sync_messages"):
+            print(f"syncs in {r['preset']} {r['amp']} ckpt={r['activation_checkpointing']}: "
+                  + " | ".join(r["sync_messages"]))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"device": device_name, "torch": torch.__version__,
+                                        "quick": args.quick, "records": records}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
