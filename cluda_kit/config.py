@@ -37,6 +37,7 @@ class DatasetConfig:
     resize: tuple[int, int] | None = None  # keep-ratio resize target (H, W); None = as stored
     length: int | None = None  # miniscapes number of scenes (None = the split's default)
     seed: int = 0  # miniscapes world seed
+    gap: float | None = None  # miniscapes appearance gap of `real` (None = the calibrated default)
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class ContrastiveConfig:
     official_compat: bool = False  # the release's ignore-as-class and pixel-order quirks
     max_anchors: int | None = None  # class-balanced anchor sampling cap
     multires_weight: float = 0.5  # HRDA learned-weighted form
+    gather_negatives: bool = False  # DDP: contrast against the pixels of every rank (all_gather)
 
 
 @dataclass(frozen=True)

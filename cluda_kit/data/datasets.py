@@ -347,6 +347,8 @@ def build_dataset(spec: Any, transform: Transform | None = None) -> Dataset:
         kwargs: dict[str, Any] = {"length": length, "seed": _field(spec, "seed", 0) or 0, "transform": transform}
         if size is not None:
             kwargs["size"] = size
+        if _field(spec, "gap") is not None:
+            kwargs["gap"] = float(_field(spec, "gap"))
         return Miniscapes(domain, split, **kwargs)
     readers = {"gta": GTA5, "synthia": Synthia, "cityscapes": Cityscapes}
     if name not in readers:

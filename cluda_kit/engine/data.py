@@ -21,7 +21,8 @@ from ..data.transforms import PairedTransform
 def dataset_from_config(spec: DatasetConfig, where: str) -> Dataset:
     """Build the dataset a config section describes; errors name the section and the problem."""
     fields: dict[str, Any] = {"name": spec.name, "split": spec.split, "length": spec.length,
-                              "domain": spec.domain, "seed": spec.seed, "root": spec.root}
+                              "domain": spec.domain, "seed": spec.seed, "root": spec.root,
+                              "gap": spec.gap}
     fields["size"] = spec.size if spec.name == "miniscapes" else spec.resize
     try:
         ds = build_dataset(fields)
