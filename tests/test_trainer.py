@@ -59,7 +59,7 @@ def test_cross_entropy_means():
 
 
 def test_run_directory_contract(tmp_path):
-    cfg = load_config("miniscapes_tiny", TINY)
+    cfg = load_config("miniscapes_tiny", TINY + ["train.figure_every=2"])
     summary = Trainer(cfg, tmp_path / "run", progress=False).fit()
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file() and (run / "meta.json").is_file()
@@ -73,6 +73,8 @@ def test_run_directory_contract(tmp_path):
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert {"student", "teacher", "optimizer", "iter"} <= set(ckpt) and ckpt["iter"] == 4
     assert list((run / "tb").glob("events.*"))
+    figures = sorted(p.name for p in (run / "figures").glob("*.png"))
+    assert figures == ["iter_000002.png", "iter_000004.png"]
 
 
 def test_resume_is_bit_identical(tmp_path):

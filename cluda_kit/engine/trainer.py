@@ -30,12 +30,17 @@ through mixing and augmentation and are normalised right before a network.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import inspect
 import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -52,6 +57,9 @@ from ..models import build_segmentor
 from ..models.hrda import HRDASegmentor, crop_to_box
 from ..runtime import (
     DistInfo,
+    all_gather_cat,
+    all_gather_objects,
+    all_reduce_mean_,
     autocast,
     autocast_dtype,
     init_distributed,
@@ -70,8 +78,15 @@ from .evaluate import evaluate as run_evaluation
 from .evaluate import format_iou_table
 
 
+_phase = torch.profiler.record_function  # named ranges of the step, aggregated by bench/step.py
+
+
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite; the message names the term and the iteration."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is unreadable, truncated or not a cluda-kit checkpoint; names the file."""
 
 
 # ------------------------------------------------------------------------------ pure helpers
@@ -128,13 +143,131 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Ten
     return loss.sum() / denom
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete the temp files of ``path`` that a writer killed mid-write left behind."""
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        stale.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make renames inside ``directory`` durable (POSIX; silently skipped where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_torch_save(obj: Any, path: Path, previous: Path | None = None) -> None:
+    """Write ``obj`` to ``path`` so that a crash at any moment leaves a complete file there.
+
+    The data goes to a temp file next to ``path`` (fsynced) that then replaces ``path``
+    (``os.replace`` is atomic). With ``previous``, the old ``path`` is first hard-linked (or, where
+    links are unsupported, copied) to ``previous``, atomically as well: at every moment both names
+    hold complete checkpoints. Temp files of killed writers are removed first; nothing but ``path``
+    and ``previous`` is ever read back.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    _remove_stale_temps(path)
+    tmp = _temp_path(path)
+    temps = [tmp]
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        if previous is not None and path.exists():
+            _remove_stale_temps(previous)
+            prev_tmp = _temp_path(previous)
+            temps.append(prev_tmp)
+            try:
+                os.link(path, prev_tmp)
+            except OSError:
+                shutil.copyfile(path, prev_tmp)
+            os.replace(prev_tmp, previous)
+        os.replace(tmp, path)
+    except BaseException:
+        for t in temps:
+            t.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+_CHECKPOINT_KEYS = ("iter", "student", "optimizer", "config")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a trainer checkpoint onto the CPU. A truncated, corrupt or foreign file raises
+    :class:`CheckpointError` naming it."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch.load raises RuntimeError, EOFError, UnpicklingError, ...
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(err).__name__}: {first}); it may have been "
+            "cut short (full disk, interrupted copy)"
+        ) from None
+    if not isinstance(state, dict) or not all(k in state for k in _CHECKPOINT_KEYS):
+        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{path}: not a cluda-kit trainer checkpoint (expected the keys "
+            f"{', '.join(_CHECKPOINT_KEYS)}; found {keys})"
+        )
+    return state
+
+
+def _first_readable(candidates: list[Path], run_dir: Path) -> tuple[dict, Path]:
+    """The first loadable checkpoint of ``candidates`` (last.pt, then prev.pt), with a warning
+    when an earlier one had to be passed over."""
+    problems = []
+    for path in candidates:
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+            continue
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as err:
+            problems.append(str(err))
+            continue
+        if problems:
+            warnings.warn(f"{problems[0]}; resuming from {path} (iteration {state['iter']}) instead",
+                          RuntimeWarning, stacklevel=3)
+        return state, path
+    if any(p.is_file() for p in candidates):
+        raise CheckpointError("; ".join(problems))
+    raise ConfigError(f"{run_dir}: no checkpoint to resume from ({candidates[0]} is missing)")
+
+
+def _config_differences(a: Any, b: Any, prefix: str) -> list[str]:
+    """Dotted keys whose values differ between two config sections, ``key (A vs B)``."""
+    da, db = to_dict(a), to_dict(b)
+    out = []
+    for key in da:
+        if isinstance(da[key], dict):
+            out += _config_differences(getattr(a, key), getattr(b, key), f"{prefix}.{key}")
+        elif da[key] != db[key]:
+            out.append(f"{prefix}.{key} ({da[key]!r} vs {db[key]!r})")
+    return out
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names and raw bytes (bit-identical tensors <=> equal digests)."""
+    h = hashlib.sha256()
+    for name, t in tensors.items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -154,10 +287,23 @@ def _git_hash() -> str | None:
 
 @dataclass
 class StepResult:
-    """What one step logs: scalar losses and statistics (floats)."""
+    """What one step logs. ``tensors``: scalar losses and statistics as 0-dim tensors on the
+    device (or floats), returned without a host-device synchronisation; ``values``: the same as
+    floats, converted on first access (one synchronisation for all, cached)."""
 
     iter: int
-    values: dict[str, float] = field(default_factory=dict)
+    tensors: dict[str, Any] = field(default_factory=dict)
+    _floats: dict[str, float] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def values(self) -> dict[str, float]:
+        if self._floats is None:
+            items = list(self.tensors.items())
+            dev = [v for _, v in items if isinstance(v, torch.Tensor)]
+            host = torch.stack([v.detach().float().reshape(()) for v in dev]).tolist() if dev else []
+            it = iter(host)
+            self._floats = {k: next(it) if isinstance(v, torch.Tensor) else float(v) for k, v in items}
+        return self._floats
 
 
 Callback = Callable[["Trainer", dict], None]
@@ -184,8 +330,10 @@ class Trainer:
         self.progress = progress
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        set_deterministic(cfg.train.deterministic)
-        seed_everything(cfg.train.seed + self.dist.rank)
+        set_deterministic(cfg.train.deterministic, self.device)
+        # the same seed on every rank for the networks (identical initial student, teacher and
+        # ImageNet copy; DDP also broadcasts rank 0's student), a per-rank seed after them
+        seed_everything(cfg.train.seed)
         self.self_training = cfg.uda.mode == "self_training"
 
         # networks
@@ -206,6 +354,21 @@ class Trainer:
                          cfg.optim.head_lr_mult, cfg.optim.norm_decay),
             lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
         )
+        # the network the training forwards run through: the student, or its DDP wrapper
+        self._ddp: torch.nn.parallel.DistributedDataParallel | None = None
+        if self.dist.enabled:
+            ddp = torch.nn.parallel.DistributedDataParallel
+            # buffers are averaged after every step (_sync_buffers), not broadcast every forward
+            no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                              inspect.signature(ddp.__init__).parameters
+                              else {"broadcast_buffers": False})
+            self._ddp = ddp(
+                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self._needs_find_unused(), gradient_as_bucket_view=True,
+                **no_buffer_sync,
+            )
+            seed_everything(cfg.train.seed + self.dist.rank)
+        self._train_net: torch.nn.Module = self._ddp if self._ddp is not None else self.student
         # randomness of the UDA step (mixing, augmentation, anchor sampling): one generator,
         # saved in checkpoints, so that a resumed run draws the same numbers
         self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000003 + self.dist.rank)
@@ -217,6 +380,7 @@ class Trainer:
                                                 world_size=self.dist.world_size)
                        if self.self_training else None)
         self.iter = 0
+        self._nonfinite: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.best_miou: float | None = None
         self.history: list[dict] = []
         self._tb = None
@@ -241,7 +405,8 @@ class Trainer:
                 )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if overwrite:
-            for name in ("metrics.jsonl", "summary.json", "checkpoints/last.pt"):
+            for name in ("metrics.jsonl", "summary.json", "checkpoints/last.pt",
+                         "checkpoints/prev.pt"):
                 (self.out_dir / name).unlink(missing_ok=True)
         _atomic_write_text(cfg_path, text)
         meta = {"version": __version__, "git": _git_hash(), "preset": self.cfg.name,
@@ -268,6 +433,55 @@ class Trainer:
         for cb in self.callbacks:
             cb(self, record)
 
+    # ------------------------------------------------------------------ DDP
+    def _needs_find_unused(self) -> bool:
+        """Whether some student parameters get no gradient in the synchronised backward (the mixed
+        pass in self-training, the source pass otherwise): the projection head and HRDA's
+        feat_weighter feed only the contrastive loss."""
+        cl = self.cfg.loss.contrastive
+        synced_cl = cl.enabled and (cl.mix_weight if self.self_training else cl.source_weight) > 0
+        extra_heads = self.cfg.model.projection_dim > 0 or (
+            self.hrda and self.cfg.model.hrda.feat_weighter)
+        return extra_heads and not synced_cl
+
+    def _set_grad_sync(self, enabled: bool) -> None:
+        """DDP ``no_sync`` as a switch: the source backward of a self-training step only
+        accumulates; the mixed backward all-reduces the sum of both (one all-reduce per step)."""
+        if self._ddp is not None:
+            self._ddp.require_backward_grad_sync = enabled
+
+    def _sync_buffers(self) -> None:
+        """Average the floating buffers (BatchNorm running statistics) of the student and the
+        teacher over the ranks, so that every rank holds the same networks after each step."""
+        nets = [self.student] + ([self.teacher.model] if self.teacher is not None else [])
+        bufs = [b for net in nets for b in net.buffers() if b.is_floating_point()]
+        if not bufs:
+            return
+        flat = all_reduce_mean_(torch.cat([b.reshape(-1).float() for b in bufs]))
+        torch._foreach_copy_(bufs, [v.view_as(b) for v, b in zip(flat.split([b.numel() for b in bufs]), bufs)])
+
+    def _global_pseudo_weight(self, pw: torch.Tensor) -> torch.Tensor:
+        """The pseudo-label weight map with q averaged over the ranks (equal pixel counts per
+        rank, so the mean is q of the global target batch); margins stay 0."""
+        q = all_reduce_mean_(pw.amax().clone())
+        mask = torch.ones_like(pw)
+        top, bottom, left, right = self.cfg.data.pseudo_margins
+        h, w = mask.shape[-2:]
+        mask[:, :top] = 0
+        mask[:, h - min(bottom, h):] = 0
+        mask[:, :, :left] = 0
+        mask[:, :, w - min(right, w):] = 0
+        return mask * q
+
+    def replica_digests(self) -> dict[str, list[str]]:
+        """SHA-256 of the student and teacher state on every rank (``[rank 0, rank 1, ...]``);
+        a collective under DDP. All entries are equal while the replicas are in sync."""
+        mine = {"student": _digest(self.student.state_dict())}
+        if self.teacher is not None:
+            mine["teacher"] = _digest(self.teacher.state_dict())
+        ranks = all_gather_objects(mine)
+        return {k: [r[k] for r in ranks] for k in mine}
+
     # ------------------------------------------------------------------ one step
     def _forward(self, model: torch.nn.Module, images: torch.Tensor, **kw):
         x = normalize(images)
@@ -280,11 +494,27 @@ class Trainer:
                      weights: torch.Tensor | None) -> torch.Tensor:
         c = self.cfg.loss.contrastive
         feats, lab, w = resize_for_contrast(fused.float(), labels, weights, size=c.grid)
+        feats, lab, w = self._gather(feats, True), self._gather(lab), self._gather(w)
         return pixel_contrastive_loss(
             feats, lab, w, temperature=c.temperature, base_temperature=c.base_temperature,
             ignore_index=label_table.IGNORE_INDEX, max_anchors=c.max_anchors,
             official_compat=c.official_compat, generator=self.generator,
         )
+
+    def _gather(self, t: torch.Tensor | None, differentiable: bool = False) -> torch.Tensor | None:
+        """``loss.contrastive.gather_negatives`` under DDP: ``t`` of every rank concatenated along
+        the batch (rank order), gradients flowing back to each rank's features; else ``t``.
+
+        Every rank then computes the loss of the global batch (all pixels are anchors and
+        columns): the same value on every rank, and after DDP's gradient averaging the gradient of
+        the global-batch loss, exactly as one process with the whole batch would compute it (each
+        rank's features receive the sum over ranks of their gradients from the all_gather
+        backward, DDP divides by the world size). The price is W times the single-rank work of the
+        contrastive loss on each rank (W = world size).
+        """
+        if t is None or self._ddp is None or not self.cfg.loss.contrastive.gather_negatives:
+            return t
+        return all_gather_cat(t, differentiable)
 
     # ---- the plain / HRDA differences
     def _student(self, images: torch.Tensor, *, window: str = "random", **kw):
@@ -292,7 +522,7 @@ class Trainer:
         generator, or max-entropy)."""
         if self.hrda:
             kw.update(window=window, generator=self.generator)
-        return self._forward(self.student, images, **kw)
+        return self._forward(self._train_net, images, **kw)
 
     def _seg_loss(self, out, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Pixel CE of a student output; HRDA: (1 - l_d) CE(fused) + l_d CE(detail, cropped label)."""
@@ -322,9 +552,12 @@ class Trainer:
         hr = F.interpolate(out.detail_canvas(detail.float()), size=size, mode="bilinear",
                            align_corners=True)
         wmap = F.interpolate(out.weight_map.float(), size=size, mode="bilinear", align_corners=True)
-        crop = F.interpolate(out.window_mask(), size=size, mode="nearest")[:, 0].bool()
+        crop = F.interpolate(out.window_mask(), size=size, mode="nearest")[:, 0]
+        crop = crop.expand(lab.shape[0], -1, -1).to(torch.uint8)
+        lr, hr, wmap = self._gather(lr, True), self._gather(hr, True), self._gather(wmap, True)
+        lab, w, crop = self._gather(lab), self._gather(w), self._gather(crop)
         return multi_resolution_contrastive_loss(
-            lr, hr, lab, wmap, crop.expand(lab.shape[0], -1, -1), w,
+            lr, hr, lab, wmap, crop.bool(), w,
             temperature=c.temperature, base_temperature=c.base_temperature,
             loss_weight=c.multires_weight, ignore_index=label_table.IGNORE_INDEX,
             official_compat=c.official_compat, max_anchors=c.max_anchors, generator=self.generator,
@@ -347,8 +580,22 @@ class Trainer:
         return self.student.context_input(x) if self.hrda else x
 
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> bool:
-        """True when every term is finite; raise or report per ``train.skip_nonfinite``."""
-        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
+        """True when every term is finite; raise or report per ``train.skip_nonfinite``. Under
+        DDP the verdict is global (a term non-finite on any rank), so all ranks skip or stop.
+
+        Without ``skip_nonfinite`` the check is deferred and costs no host-device synchronisation:
+        the first non-finite iteration of every term is kept on the device and
+        :meth:`raise_if_nonfinite` (which :meth:`fit` calls on every log, evaluation and checkpoint
+        step, and at the end) raises :class:`NonFiniteLossError` naming it. With
+        ``skip_nonfinite`` the verdict is needed before the update, so that mode synchronises once
+        per check."""
+        if not self.cfg.train.skip_nonfinite:
+            self._record_nonfinite(terms)
+            return True
+        flags = torch.stack([~torch.isfinite(v).all() for v in terms.values()]).float()
+        if self._ddp is not None:
+            all_reduce_mean_(flags)
+        bad = [k for k, f in zip(terms, flags.tolist()) if f > 0]
         if not bad:
             return True
         msg = (f"non-finite loss {', '.join(bad)} at iteration {self.iter} "
@@ -358,8 +605,45 @@ class Trainer:
             return False
         raise NonFiniteLossError(msg + "; set train.skip_nonfinite=true to skip such steps")
 
+    def _record_nonfinite(self, terms: dict[str, torch.Tensor]) -> None:
+        """Device-side record of the first iteration (and value) at which each term was non-finite
+        (iteration -1: never); no host synchronisation."""
+        for k, v in terms.items():
+            v = v.detach().float()
+            bad = ~torch.isfinite(v)
+            if k not in self._nonfinite:
+                self._nonfinite[k] = (torch.full((), -1, dtype=torch.long, device=v.device),
+                                      torch.zeros((), device=v.device))
+            first, value = self._nonfinite[k]
+            new = bad & (first < 0)
+            self._nonfinite[k] = (torch.where(new, torch.full_like(first, self.iter), first),
+                                  torch.where(new, v, value))
+
+    def raise_if_nonfinite(self) -> None:
+        """Raise :class:`NonFiniteLossError` if a loss term was non-finite at any step since the
+        start (the deferred check of :meth:`_check_finite`); one host synchronisation."""
+        if not self._nonfinite:
+            return
+        names = list(self._nonfinite)
+        first = torch.stack([self._nonfinite[k][0] for k in names])
+        if self._ddp is not None:  # the verdict is global: every rank raises or none
+            flag = (first >= 0).any().float().reshape(1)
+            all_reduce_mean_(flag)
+            if float(flag) == 0:
+                return
+        first_l = first.tolist()
+        values = torch.stack([self._nonfinite[k][1] for k in names]).tolist()
+        bad = [(k, i, v) for k, i, v in zip(names, first_l, values) if i >= 0]
+        if not bad and self._ddp is None:
+            return
+        msg = ", ".join(f"{k}={v:g} at iteration {i}" for k, i, v in bad) or "on another rank"
+        raise NonFiniteLossError(f"non-finite loss {msg}; set train.skip_nonfinite=true to skip such steps")
+
     def step(self) -> StepResult:
-        """Run one training iteration and return its logged values."""
+        """Run one training iteration and return its logged values (device tensors; see
+        :class:`StepResult`). The phases are ``torch.profiler.record_function`` ranges named
+        ``step/<phase>`` (data, ema, student_source, fd, contrastive, backward, teacher,
+        mix_augment, student_mix, optimizer); they cost nothing measurable without a profiler."""
         cfg, dev = self.cfg, self.device
         self.student.train()
         lr = lr_at(self.iter, cfg.optim.lr, cfg.train.max_iters, cfg.optim.warmup_iters,
@@ -367,61 +651,76 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
         if self.teacher is not None:
-            self.teacher.update(self.student, self.iter)  # 0. EMA (step 0 copies)
+            with _phase("step/ema"):
+                self.teacher.update(self.student, self.iter)  # 0. EMA (step 0 copies)
 
-        src = next(self.source)
-        xs = src["image"].to(dev, non_blocking=True).float().div_(255)
-        ys = src["label"].to(dev, non_blocking=True)
+        with _phase("step/data"):
+            src = next(self.source)
+            xs = src["image"].to(dev, non_blocking=True).float().div_(255)
+            ys = src["label"].to(dev, non_blocking=True)
         if cfg.uda.source_augment:
-            xs = strong_augment(xs, **self._aug_kwargs())
+            with _phase("step/mix_augment"):
+                xs = strong_augment(xs, **self._aug_kwargs())
         self.optimizer.zero_grad(set_to_none=True)
         terms: dict[str, torch.Tensor] = {}
         stats: dict[str, float] = {"lr": lr}
 
-        # 1-3: source
-        out = self._student(xs, return_stages=self.imnet is not None)
-        terms["ce_src"] = self._seg_loss(out, ys)
+        # 1-3: source (DDP: gradients of a self-training step are synchronised in the mixed pass)
+        self._set_grad_sync(not self.self_training)
+        with _phase("step/student_source"):
+            out = self._student(xs, return_stages=self.imnet is not None)
+            terms["ce_src"] = self._seg_loss(out, ys)
         if self.imnet is not None:
-            with torch.no_grad(), autocast(dev, self.amp_dtype):
-                imnet_feat = self.imnet(self._fd_input(xs))[-1]
-            fd = cfg.uda.fd
-            terms["fd"] = feature_distance_loss(
-                out.stages[-1].float(), imnet_feat.float(), ys, thing_classes=fd.thing_classes,
-                lambda_fd=fd.weight, min_ratio=fd.min_ratio,
-            )
+            with _phase("step/fd"):
+                with torch.no_grad(), autocast(dev, self.amp_dtype):
+                    imnet_feat = self.imnet(self._fd_input(xs))[-1]
+                fd = cfg.uda.fd
+                terms["fd"] = feature_distance_loss(
+                    out.stages[-1].float(), imnet_feat.float(), ys, thing_classes=fd.thing_classes,
+                    lambda_fd=fd.weight, min_ratio=fd.min_ratio,
+                )
         cl = cfg.loss.contrastive
         if cl.enabled and cl.source_weight > 0:
-            terms["cl_src"] = cl.source_weight * self._cl_loss(out, ys, None)
+            with _phase("step/contrastive"):
+                terms["cl_src"] = cl.source_weight * self._cl_loss(out, ys, None)
         src_loss = sum(terms.values())
         if not self._check_finite(terms):
             return StepResult(self._finish_step(skipped=True), stats)
-        src_loss.backward()
+        with _phase("step/backward"):
+            src_loss.backward()
         del out, src_loss
 
         if self.self_training:
-            tgt = next(self.target)
-            xt = tgt["image"].to(dev, non_blocking=True).float().div_(255)
+            with _phase("step/data"):
+                tgt = next(self.target)
+                xt = tgt["image"].to(dev, non_blocking=True).float().div_(255)
             # 4. pseudo-labels from the teacher
-            with torch.no_grad():
+            with torch.no_grad(), _phase("step/teacher"):
                 t_logits = self._teacher_logits(xt)
                 t_logits = F.interpolate(t_logits, size=xt.shape[-2:], mode="bilinear",
                                          align_corners=False)
                 top, bottom, left, right = cfg.data.pseudo_margins
                 pl, pw = pseudo_label(t_logits, cfg.uda.pseudo_threshold, ignore_top=top,
                                       ignore_bottom=bottom, ignore_left=left, ignore_right=right)
+                if self._ddp is not None:
+                    pw = self._global_pseudo_weight(pw)
             stats["q"] = pw.amax()  # the scalar weight q (margins are 0)
             # 5-6. ClassMix + strong augmentation
-            m = class_mix_masks(ys, per_image=cfg.uda.mix_per_image, generator=self.generator)
-            m = m.to(dev)
-            x_mix = strong_augment(mix(xs, xt, m), **self._aug_kwargs())
-            y_mix = mix(ys, pl, m)
-            w_mix = mix(torch.ones_like(pw), pw, m)
+            with _phase("step/mix_augment"):
+                m = class_mix_masks(ys, per_image=cfg.uda.mix_per_image, generator=self.generator)
+                m = m.to(dev)
+                x_mix = strong_augment(mix(xs, xt, m), **self._aug_kwargs())
+                y_mix = mix(ys, pl, m)
+                w_mix = mix(torch.ones_like(pw), pw, m)
             # 7-8. student on the mix
             mix_terms: dict[str, torch.Tensor] = {}
-            out_m = self._student(x_mix, window=self._mix_window())
-            mix_terms["ce_mix"] = self._seg_loss(out_m, y_mix, w_mix)
+            self._set_grad_sync(True)
+            with _phase("step/student_mix"):
+                out_m = self._student(x_mix, window=self._mix_window())
+                mix_terms["ce_mix"] = self._seg_loss(out_m, y_mix, w_mix)
             if cl.enabled and cl.mix_weight > 0:
-                mix_terms["cl_mix"] = cl.mix_weight * self._cl_loss(out_m, y_mix, w_mix)
+                with _phase("step/contrastive"):
+                    mix_terms["cl_mix"] = cl.mix_weight * self._cl_loss(out_m, y_mix, w_mix)
             if cfg.uda.mic.enabled:
                 mic = cfg.uda.mic
                 xt_aug = strong_augment(xt, **self._aug_kwargs())
@@ -429,21 +728,25 @@ class Trainer:
                                   generator=self.generator).to(dev)
                 hrda_kw = dict(generator=self.generator) if self.hrda else {}
                 with autocast(dev, self.amp_dtype):
-                    out_t = self.student(mask_images(normalize(xt_aug), keep), **hrda_kw)
+                    out_t = self._train_net(mask_images(normalize(xt_aug), keep), **hrda_kw)
                 mix_terms["mic"] = mic.weight * self._seg_loss(out_t, pl, pw)
             if not self._check_finite(mix_terms):
                 self.optimizer.zero_grad(set_to_none=True)
                 return StepResult(self._finish_step(skipped=True), stats)
-            sum(mix_terms.values()).backward()
+            with _phase("step/backward"):
+                sum(mix_terms.values()).backward()
             terms.update(mix_terms)
 
-        self.optimizer.step()
+        with _phase("step/optimizer"):
+            self.optimizer.step()
         values = {k: v.detach() for k, v in terms.items()}
         values["loss"] = sum(values.values())
         values.update({k: v for k, v in stats.items() if isinstance(v, torch.Tensor)})
-        floats = {k: float(v) for k, v in values.items()}  # one host sync for all
-        floats["lr"] = lr
-        return StepResult(self._finish_step(), floats)
+        if self._ddp is not None:  # log the mean over ranks
+            values = dict(zip(values, all_reduce_mean_(torch.stack([v.float() for v in values.values()]))))
+        values["lr"] = lr
+        # device tensors: converted to floats only when a log step reads StepResult.values
+        return StepResult(self._finish_step(), values)
 
     def _aug_kwargs(self) -> dict:
         a = self.cfg.uda.aug
@@ -452,6 +755,8 @@ class Trainer:
 
     def _finish_step(self, skipped: bool = False) -> int:
         self.iter += 1
+        if self._ddp is not None:
+            self._sync_buffers()
         return self.iter
 
     # ------------------------------------------------------------------ evaluation
@@ -502,7 +807,12 @@ class Trainer:
         while self.iter < max_iters:
             res = self.step()
             bar.update(1)
-            if res.values and (self.iter % cfg.log_every == 0 or self.iter == max_iters):
+            log_now = self.iter % cfg.log_every == 0 or self.iter == max_iters
+            # host-device synchronisation only here: the deferred finiteness check, the floats
+            if log_now or (cfg.eval_every and self.iter % cfg.eval_every == 0) or \
+                    (cfg.checkpoint_every and self.iter % cfg.checkpoint_every == 0):
+                self.raise_if_nonfinite()
+            if res.tensors and log_now:
                 record = {"iter": self.iter, **res.values}
                 self._log(record)
                 bar.set_postfix(loss=f"{res.values.get('loss', float('nan')):.3f}")
@@ -550,10 +860,10 @@ class Trainer:
         figures and notebooks. Draws from a copy of the generators: training is not disturbed."""
         cfg, dev = self.cfg, self.device
         gen = torch.Generator().set_state(self.generator.get_state())
-        src = engine_data.peek(self.source)
+        src = engine_data.peek(self.source, self.iter)
         xs = src["image"][:1].to(dev).float() / 255
         ys = src["label"][:1].to(dev)
-        tgt = engine_data.peek(self.target) if self.target is not None else src
+        tgt = engine_data.peek(self.target, self.iter) if self.target is not None else src
         xt = tgt["image"][:1].to(dev).float() / 255
         model = self.teacher if self.teacher is not None else self.student
         self.student.eval()
@@ -567,9 +877,10 @@ class Trainer:
         pred = self._forward(self.student, xt).logits.float()
         pred = F.interpolate(pred, size=xt.shape[-2:], mode="bilinear", align_corners=False)
         self.student.train()
-        return dict(source=xs[0].cpu(), source_label=ys[0].cpu(), target=xt[0].cpu(),
-                    pseudo_label=pl[0].cpu(), pseudo_weight=pw[0].cpu(), mixed=x_mix[0].cpu(),
-                    mixed_label=y_mix[0].cpu(), prediction=pred[0].argmax(0).cpu())
+        # batches of one: (1, 3, H, W) images, (1, H, W) labels and weights
+        return dict(source=xs.cpu(), source_label=ys.cpu(), target=xt.cpu(),
+                    pseudo_label=pl.cpu(), pseudo_weight=pw.cpu(), mixed=x_mix.cpu(),
+                    mixed_label=y_mix.cpu(), prediction=pred.argmax(1).cpu())
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -591,6 +902,10 @@ class Trainer:
             "data": {"source": self.source.state_dict(),
                      "target": self.target.state_dict() if self.target is not None else None},
         }
+        if self._ddp is not None:  # collectives: every rank must call state_dict()
+            state["world_size"] = self.dist.world_size
+            state["rng_per_rank"] = all_gather_objects(state["rng"])
+            state["replicas"] = self.replica_digests()
         return state
 
     def load_state_dict(self, state: dict, where: str = "checkpoint") -> None:
@@ -609,6 +924,14 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.iter = int(state["iter"])
         rng = state["rng"]
+        per_rank = state.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == self.dist.world_size:
+            rng = per_rank[self.dist.rank]
+        elif self.dist.world_size != state.get("world_size", 1):
+            warnings.warn(
+                f"{where}: saved by {state.get('world_size', 1)} process(es), resumed by "
+                f"{self.dist.world_size}: every rank continues rank 0's random streams, so the run "
+                "is not bit-identical to an uninterrupted one", RuntimeWarning, stacklevel=2)
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
@@ -641,43 +964,66 @@ class Trainer:
             _atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Write a checkpoint atomically (default: RUN_DIR/checkpoints/last.pt)."""
+        """Write a checkpoint atomically (default: RUN_DIR/checkpoints/last.pt, the one before it
+        kept as prev.pt). Under DDP every rank must call it (it gathers the per-rank random states
+        and checks that the replicas are identical); rank 0 writes."""
+        previous = None
         if path is None:
             if self.out_dir is None:
                 raise ValueError("save(): no path given and the trainer has no run directory")
             path = self.out_dir / "checkpoints" / "last.pt"
+            previous = path.with_name("prev.pt")
         path = Path(path)
+        state = self.state_dict()
+        for name, digests in state.get("replicas", {}).items():
+            if len(set(digests)) > 1:
+                raise RuntimeError(f"DDP replicas diverged by iteration {self.iter}: the {name} "
+                                   f"differs between ranks (SHA-256 per rank: {digests})")
         if self.dist.is_main:
-            _atomic_torch_save(self.state_dict(), path)
+            _atomic_torch_save(state, path, previous)
         return path
 
     @classmethod
-    def resume(cls, run_dir: str | Path, overrides: Iterable[str] = (), **kwargs) -> "Trainer":
+    def resume(cls, run_dir: str | Path, overrides: Iterable[str] = (), *, read_only: bool = False,
+               **kwargs) -> "Trainer":
         """Rebuild a trainer from RUN_DIR/config.yaml (+ overrides such as train.max_iters=N)
-        and load RUN_DIR/checkpoints/last.pt (or a checkpoint file given directly)."""
+        and load RUN_DIR/checkpoints/last.pt (or a checkpoint file given directly).
+
+        An unreadable last.pt (cut short by a full disk, ...) falls back to prev.pt with a warning.
+        The checkpoint is checked against the config before anything in the run directory is
+        written: only ``train.*`` and ``data.val`` may change. ``read_only`` leaves the run
+        directory untouched (evaluation).
+        """
         run_dir = Path(run_dir)
-        ckpt = run_dir if run_dir.is_file() else run_dir / "checkpoints" / "last.pt"
         if run_dir.is_file():
+            candidates = [run_dir]
             run_dir = run_dir.parent.parent
+        else:
+            candidates = [run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "prev.pt"]
         cfg_path = run_dir / "config.yaml"
         if not cfg_path.is_file():
             raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
-        if not ckpt.is_file():
-            raise ConfigError(f"{run_dir}: no checkpoint to resume from ({ckpt} is missing)")
+        state, ckpt = _first_readable(candidates, run_dir)
         cfg = load_config(cfg_path)
         overrides = list(overrides)
         if overrides:
             cfg = replace(cfg, overrides)
-        trainer = cls(cfg, run_dir, _resuming=True, **kwargs)
-        state = torch.load(ckpt, map_location=trainer.device, weights_only=False)
-        saved = from_dict(state["config"])
-        allowed = {"train"}
+        try:
+            saved = from_dict(state["config"])
+        except ConfigError as err:
+            raise CheckpointError(f"{ckpt}: its config does not fit this version: {err}") from None
         for section in ("data", "model", "uda", "loss", "optim"):
-            if section not in allowed and getattr(saved, section) != getattr(cfg, section):
+            a, b = getattr(saved, section), getattr(cfg, section)
+            if section == "data":  # the validation set may change (cluda-kit evaluate --split)
+                a = dataclasses.replace(a, val=b.val)
+            if a != b:
+                diff = _config_differences(a, b, section)
                 raise ConfigError(
-                    f"{ckpt}: was trained with a different '{section}' section than "
-                    f"{cfg_path}; only train.* may change on resume"
+                    f"{ckpt}: was trained with a different '{section}' section than {cfg_path} "
+                    f"({', '.join(diff[:3])}: checkpoint vs config); only train.* may change on "
+                    "resume"
                 )
+        trainer = cls(cfg, None if read_only else run_dir, _resuming=True, **kwargs)
         trainer.load_state_dict(state, where=str(ckpt))
         return trainer
 
