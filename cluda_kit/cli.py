@@ -55,7 +55,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .engine.trainer import Trainer, print_summary
 
     trainer = Trainer.resume(args.run, overrides=[f"data.val.split={args.split}"]
-                             if args.split else ())
+                             if args.split else (), read_only=True)
     if args.teacher and trainer.teacher is None:
         raise UsageError(f"{args.run}: this run has no teacher")
     model = trainer.teacher.model if args.teacher else trainer.student
@@ -144,20 +144,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(errors of the input: config, data, checkpoints; errors of a run: a non-finite loss),
+    imported only when an error is being handled so that `cluda-kit presets` does not load torch."""
+    from .config import ConfigError
+    from .data.datasets import DatasetError
+    from .engine.trainer import CheckpointError, NonFiniteLossError
+
+    return (ConfigError, UsageError, FileNotFoundError, DatasetError, CheckpointError), (
+        NonFiniteLossError,)
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line; for an error re-raised from a DataLoader worker (whose
+    message carries the worker's traceback), the original message."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        head, sep, rest = last.partition(": ")
+        text = rest if sep and head.split(".")[-1] == type(err).__name__ else last
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     # OpenMP threads that spin while waiting slow a shared or small CPU down many times over
     # (a 0.4 s step took 7 s on a loaded 2-core machine); it must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
-    from .config import ConfigError
-
     try:
         return args.func(args)
-    except (ConfigError, UsageError, FileNotFoundError) as err:
-        if args.debug:
+    except (UsageError, FileNotFoundError, ValueError, RuntimeError) as err:
+        # mistakes in the input print one line (status 2), a run stopped by a non-finite loss
+        # too (status 1); a crash mid-training leaves the last checkpoint intact
+        input_errors, run_errors = _user_errors()
+        if args.debug or not isinstance(err, input_errors + run_errors):
             raise
-        print(f"cluda-kit: error: {err}", file=sys.stderr)
-        return 2
+        print(f"cluda-kit: error: {_one_line(err)}", file=sys.stderr)
+        return 2 if isinstance(err, input_errors) else 1
     except KeyboardInterrupt:
         print("cluda-kit: interrupted", file=sys.stderr)
         return 130

@@ -21,9 +21,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_deterministic(enabled: bool) -> None:
-    """Deterministic algorithms (errors on ops without one) and no cuDNN autotuning."""
-    torch.use_deterministic_algorithms(enabled, warn_only=False)
+def set_deterministic(enabled: bool, device: torch.device | str | None = None) -> None:
+    """Deterministic algorithms and no cuDNN autotuning (``train.deterministic``).
+
+    On the CPU every op of the kit has a deterministic kernel, so ops without one raise
+    (``warn_only=False``): two CPU runs with the same seed are bit-identical. On CUDA the
+    backward of bilinear ``F.interpolate`` (logits -> label size) and ``NLLLoss`` (inside
+    ``F.cross_entropy``) have no deterministic kernel and would raise in the very first step, so
+    there they only warn (``warn_only=True``): CUDA runs are reproducible up to those ops.
+    ``CUBLAS_WORKSPACE_CONFIG`` is set here if unset; it must be in place before the first cuBLAS
+    call of the process (export it yourself if CUDA was used earlier).
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    torch.use_deterministic_algorithms(enabled, warn_only=device.type != "cpu")
     torch.backends.cudnn.benchmark = not enabled
     torch.backends.cudnn.deterministic = enabled
     if enabled:
@@ -98,3 +108,75 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return info
+
+
+# ---------------------------------------------------------------------------- collectives
+def dist_enabled() -> bool:
+    """True inside an initialised torch.distributed job with more than one process."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_mean_(t: torch.Tensor) -> torch.Tensor:
+    """In-place mean of ``t`` over all ranks (a no-op without torch.distributed); returns ``t``."""
+    if dist_enabled():
+        import torch.distributed as dist
+
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t.div_(dist.get_world_size())
+    return t
+
+
+def _gather_cat(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+class _GatherCat(torch.autograd.Function):
+    """all_gather + cat whose backward hands each rank the sum over ranks of the gradients that
+    reach its chunk (an all-reduce of the full gradient, then this rank's slice)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.rank, ctx.rows = dist.get_rank(), t.shape[0]
+        return _gather_cat(t)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def all_gather_cat(t: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+    """Concatenate ``t`` (same shape on every rank) of all ranks along dim 0, in rank order.
+
+    ``differentiable``: gradients flow back to every rank's ``t``; each rank's chunk receives the
+    sum over ranks of the gradients that reach it (so a loss computed identically on every rank
+    and then averaged by DDP gets the gradient of that loss). Without torch.distributed this
+    returns ``t``.
+    """
+    if not dist_enabled():
+        return t
+    if differentiable and t.requires_grad:
+        return _GatherCat.apply(t)
+    return _gather_cat(t)
+
+
+def all_gather_objects(obj: object) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects); ``[obj]`` without DDP."""
+    if not dist_enabled():
+        return [obj]
+    import torch.distributed as dist
+
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

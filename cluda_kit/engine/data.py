@@ -13,13 +13,61 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from ..config import Config, ConfigError, DatasetConfig
-from ..data.datasets import build_dataset
+from ..data.datasets import DatasetError, build_dataset
 from ..data.sampling import Endless, InfiniteSampler, RareClassSampler, SampleKey, TransformedDataset, endless
 from ..data.transforms import PairedTransform
 
 
-def dataset_from_config(spec: DatasetConfig, where: str) -> Dataset:
-    """Build the dataset a config section describes; errors name the section and the problem."""
+class CheckedLabels(Dataset):
+    """``dataset`` (common sample dicts) whose labels are checked as they are read: every value
+    must be a trainId 0..C-1 or ``ignore_index``, else :class:`DatasetError` names the label file
+    (a raw labelId map instead of the prepared trainIds one, a foreign label table...).
+    ``class_stats`` passes through."""
+
+    def __init__(self, dataset: Dataset, num_classes: int, ignore_index: int = 255):
+        self.dataset = dataset
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.dataset[index]
+        label = sample["label"]
+        bad = ((label < 0) | (label >= self.num_classes)) & (label != self.ignore_index)
+        if bool(bad.any()):
+            values = label[bad].unique()[:5].tolist()
+            raise DatasetError(
+                f"label {self._source(index, sample)} holds the values {values}, outside the "
+                f"trainIds 0..{self.num_classes - 1} and {self.ignore_index} (ignore){self._fix()}"
+            )
+        return sample
+
+    def _folder(self) -> Any:
+        ds = self.dataset
+        while not hasattr(ds, "pairs") and hasattr(ds, "dataset"):
+            ds = ds.dataset
+        return ds if hasattr(ds, "pairs") else None
+
+    def _source(self, index: int, sample: dict) -> str:
+        folder = self._folder()
+        if folder is not None and folder.pairs[index][2] is not None:
+            return str(folder.pairs[index][2])
+        return f"of sample {sample.get('name', index)!r}"
+
+    def _fix(self) -> str:
+        folder = self._folder()
+        script = getattr(folder, "prepare_script", None)
+        return f": re-run {script} {folder.root}" if script else ""
+
+    def class_stats(self) -> list[dict[int, int]]:
+        return self.dataset.class_stats()  # type: ignore[attr-defined]
+
+
+def dataset_from_config(spec: DatasetConfig, where: str, num_classes: int | None = None) -> Dataset:
+    """Build the dataset a config section describes; errors name the section and the problem.
+    With ``num_classes``, labels read from files are checked (:class:`CheckedLabels`)."""
     fields: dict[str, Any] = {"name": spec.name, "split": spec.split, "length": spec.length,
                               "domain": spec.domain, "seed": spec.seed, "root": spec.root,
                               "gap": spec.gap}
@@ -30,6 +78,8 @@ def dataset_from_config(spec: DatasetConfig, where: str) -> Dataset:
         raise ConfigError(f"{where}: {err}") from None
     if len(ds) == 0:
         raise ConfigError(f"{where}: the dataset {spec.name}:{spec.root or spec.domain} is empty")
+    if num_classes is not None and spec.name != "miniscapes":  # miniscapes labels are generated
+        ds = CheckedLabels(ds, num_classes)
     return ds
 
 
@@ -42,15 +92,23 @@ def train_stream(cfg: Config, domain: str, rank: int = 0, world_size: int = 1) -
     source (``domain="source"``) or target training set, cropped to ``data.crop_size``."""
     d = cfg.data
     spec = d.source if domain == "source" else d.target
-    ds = dataset_from_config(spec, f"data.{domain}")
+    ds = dataset_from_config(spec, f"data.{domain}", cfg.model.num_classes)
     is_source = domain == "source"
     transform = PairedTransform(crop=d.crop_size, flip=d.flip_prob,
                                 cat_max_ratio=d.cat_max_ratio if is_source else 1.0)
     seed = _stream_seed(cfg, domain)
     if is_source and d.rcs.enabled:
-        sampler = RareClassSampler(ds.class_stats(), d.rcs.temperature, d.rcs.min_pixels,
-                                   num_classes=cfg.model.num_classes, seed=seed, rank=rank,
-                                   world_size=world_size)
+        try:
+            stats = ds.class_stats()
+        except (FileNotFoundError, DatasetError) as err:
+            raise DatasetError(f"data.rcs.enabled=true needs the class statistics of "
+                               f"data.{domain}: {err}") from None
+        try:
+            sampler = RareClassSampler(stats, d.rcs.temperature, d.rcs.min_pixels,
+                                       num_classes=cfg.model.num_classes, seed=seed, rank=rank,
+                                       world_size=world_size)
+        except ValueError as err:
+            raise ConfigError(f"data.rcs (data.{domain}): {err}") from None
         tds = TransformedDataset(ds, transform, min_crop_pixels=d.rcs.min_pixels * d.rcs.min_crop_ratio,
                                  max_recrops=d.rcs.max_tries)
     else:
@@ -67,7 +125,7 @@ def train_stream(cfg: Config, domain: str, rank: int = 0, world_size: int = 1) -
 
 def val_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
     """The target validation loader (whole images, no augmentation), this rank's shard."""
-    ds = dataset_from_config(cfg.data.val, "data.val")
+    ds = dataset_from_config(cfg.data.val, "data.val", cfg.model.num_classes)
     n = len(ds) if cfg.data.val_length is None else min(cfg.data.val_length, len(ds))
     indices = list(range(rank, n, world_size))
     return DataLoader(Subset(ds, indices), batch_size=cfg.data.val_batch_size, shuffle=False,

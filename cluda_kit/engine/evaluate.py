@@ -409,6 +409,10 @@ def evaluate(
     finally:
         if module is not None:
             module.train(was_training)
+    if meter._pending is None:
+        # an empty shard (fewer val images than DDP ranks) still joins the all-reduce
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        meter.update(empty, empty)
     meter.sync()
     return {
         "miou": meter.miou(classes),

@@ -349,6 +349,10 @@ class Trainer:
         self.imnet = None
         if cfg.uda.fd.enabled:
             self.imnet = copy.deepcopy(self.student.encoder).eval().requires_grad_(False)
+        if cfg.train.compile:
+            # in place (nn.Module.compile): parameter names and checkpoints are unchanged; after
+            # the teacher / ImageNet copies were taken, so only the student's encoder is compiled
+            self.student.encoder.compile()
         self.optimizer = torch.optim.AdamW(
             param_groups(self.student, cfg.optim.lr, cfg.optim.weight_decay,
                          cfg.optim.head_lr_mult, cfg.optim.norm_decay),
@@ -364,7 +368,7 @@ class Trainer:
                               else {"broadcast_buffers": False})
             self._ddp = ddp(
                 self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self._needs_find_unused(), gradient_as_bucket_view=True,
+                gradient_as_bucket_view=True,  # no find_unused_parameters: see _ddp_touch
                 **no_buffer_sync,
             )
             seed_everything(cfg.train.seed + self.dist.rank)
@@ -434,15 +438,25 @@ class Trainer:
             cb(self, record)
 
     # ------------------------------------------------------------------ DDP
-    def _needs_find_unused(self) -> bool:
-        """Whether some student parameters get no gradient in the synchronised backward (the mixed
-        pass in self-training, the source pass otherwise): the projection head and HRDA's
-        feat_weighter feed only the contrastive loss."""
-        cl = self.cfg.loss.contrastive
-        synced_cl = cl.enabled and (cl.mix_weight if self.self_training else cl.source_weight) > 0
-        extra_heads = self.cfg.model.projection_dim > 0 or (
-            self.hrda and self.cfg.model.hrda.feat_weighter)
-        return extra_heads and not synced_cl
+    def _ddp_touch(self, *outs: Any) -> torch.Tensor | float:
+        """0 x every output tensor of the synchronised forward(s), added to that backward's loss.
+
+        Heads whose output no loss of the synchronised pass uses (the projection head and HRDA's
+        feat_weighter feed only the contrastive loss, which may be off or only on the source pass)
+        then get zero gradients instead of none, so DDP's reduction completes without
+        ``find_unused_parameters`` (a graph search every step, and an error whenever a forward
+        output does not reach the loss). Zero is added to gradients accumulated in the source pass,
+        so they are unchanged. 0 without DDP."""
+        if self._ddp is None:
+            return 0.0
+        total = torch.zeros((), device=self.device)
+        for out in outs:
+            for f in dataclasses.fields(out):
+                value = getattr(out, f.name)
+                for t in value if isinstance(value, (list, tuple)) else (value,):
+                    if isinstance(t, torch.Tensor) and t.requires_grad:
+                        total = total + t.float().sum().mul(0.0).nan_to_num(0.0, 0.0, 0.0)
+        return total
 
     def _set_grad_sync(self, enabled: bool) -> None:
         """DDP ``no_sync`` as a switch: the source backward of a self-training step only
@@ -599,7 +613,7 @@ class Trainer:
         if not bad:
             return True
         msg = (f"non-finite loss {', '.join(bad)} at iteration {self.iter} "
-               f"({', '.join(f'{k}={float(terms[k]):g}' for k in bad)})")
+               f"({', '.join(f'{k}={float(terms[k].detach()):g}' for k in bad)})")
         if self.cfg.train.skip_nonfinite:
             self._log({"iter": self.iter, "skipped": msg})
             return False
@@ -646,6 +660,8 @@ class Trainer:
         mix_augment, student_mix, optimizer); they cost nothing measurable without a profiler."""
         cfg, dev = self.cfg, self.device
         self.student.train()
+        if cfg.train.skip_nonfinite:  # a skipped step must leave no BatchNorm statistics behind
+            self._buffers_before = [b.clone() for b in self.student.buffers()]
         lr = lr_at(self.iter, cfg.optim.lr, cfg.train.max_iters, cfg.optim.warmup_iters,
                    cfg.optim.warmup_ratio, cfg.optim.poly_power, cfg.optim.min_lr)
         for group in self.optimizer.param_groups:
@@ -687,7 +703,7 @@ class Trainer:
         if not self._check_finite(terms):
             return StepResult(self._finish_step(skipped=True), stats)
         with _phase("step/backward"):
-            src_loss.backward()
+            (src_loss + (0.0 if self.self_training else self._ddp_touch(out))).backward()
         del out, src_loss
 
         if self.self_training:
@@ -734,7 +750,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 return StepResult(self._finish_step(skipped=True), stats)
             with _phase("step/backward"):
-                sum(mix_terms.values()).backward()
+                synced = [out_m, out_t] if cfg.uda.mic.enabled else [out_m]
+                (sum(mix_terms.values()) + self._ddp_touch(*synced)).backward()
             terms.update(mix_terms)
 
         with _phase("step/optimizer"):
@@ -754,6 +771,8 @@ class Trainer:
                     blur_p=a.blur_p, blur_sigma=a.blur_sigma, generator=self.generator)
 
     def _finish_step(self, skipped: bool = False) -> int:
+        if skipped:
+            torch._foreach_copy_(list(self.student.buffers()), self._buffers_before)
         self.iter += 1
         if self._ddp is not None:
             self._sync_buffers()
@@ -855,6 +874,24 @@ class Trainer:
         return path
 
     @torch.no_grad()
+    def predict(self, images: torch.Tensor, teacher: bool = False) -> torch.Tensor:
+        """Class logits (B, C, H, W) at the input size for float images in [0, 1] (B, 3, H, W),
+        from the student (eval mode) or the EMA teacher (``teacher=True``, in its own mode, with
+        HRDA inference where enabled)."""
+        images = images.to(self.device)
+        if teacher:
+            if self.teacher is None:
+                raise ValueError("predict(teacher=True): this run has no teacher "
+                                 f"(uda.mode={self.cfg.uda.mode})")
+            logits = self._teacher_logits(images)
+        else:
+            was_training = self.student.training
+            self.student.eval()
+            logits = self._forward(self.student, images).logits.float()
+            self.student.train(was_training)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
     def debug_batch(self) -> dict:
         """The intermediate tensors of one step on a fresh batch (first image of each), for
         figures and notebooks. Draws from a copy of the generators: training is not disturbed."""
@@ -870,8 +907,10 @@ class Trainer:
         t_logits = (self._teacher_logits(xt) if self.teacher is not None
                     else self._forward(model, xt).logits.float())
         t_logits = F.interpolate(t_logits, size=xt.shape[-2:], mode="bilinear", align_corners=False)
-        pl, pw = pseudo_label(t_logits, cfg.uda.pseudo_threshold)
-        m = class_mix_masks(ys, per_image=True, generator=gen).to(dev)
+        top, bottom, left, right = cfg.data.pseudo_margins
+        pl, pw = pseudo_label(t_logits, cfg.uda.pseudo_threshold, ignore_top=top,
+                              ignore_bottom=bottom, ignore_left=left, ignore_right=right)
+        m = class_mix_masks(ys, per_image=cfg.uda.mix_per_image, generator=gen).to(dev)
         x_mix = mix(xs, xt, m)
         y_mix = mix(ys, pl, m)
         pred = self._forward(self.student, xt).logits.float()
@@ -927,7 +966,7 @@ class Trainer:
         per_rank = state.get("rng_per_rank")
         if per_rank is not None and len(per_rank) == self.dist.world_size:
             rng = per_rank[self.dist.rank]
-        elif self.dist.world_size != state.get("world_size", 1):
+        elif self.dist.world_size != state.get("world_size", 1) and self.out_dir is not None:
             warnings.warn(
                 f"{where}: saved by {state.get('world_size', 1)} process(es), resumed by "
                 f"{self.dist.world_size}: every rank continues rank 0's random streams, so the run "
