@@ -1,0 +1,192 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · ClassMix: pasting source classes onto target images
+#
+# Mean-teacher self-training (DACS → DAFormer → HRDA → CLUDA) never trains the student on a plain
+# target image. Every step builds a **mixed image**: some classes of a labelled *source* image are
+# cut out and pasted onto an unlabelled *target* image. The mixed image gets a mixed label — ground
+# truth on the pasted pixels, the teacher's pseudo-labels elsewhere — and is strongly augmented
+# before the student sees it. This notebook takes the two steps apart (METHOD.md §1, steps 5–6):
+#
+# 1. **ClassMix** — choose ⌈n/2⌉ of the n classes present in a source label, build the binary mask
+#    M of their pixels and mix: $x_{mix} = M\,x_s + (1-M)\,x_t$, $y_{mix} = M\,y_s + (1-M)\,\hat y_t$,
+#    $w_{mix} = M\cdot 1 + (1-M)\,w_t$.
+# 2. **Strong augmentation** of the mixed image only: colour jitter with probability 0.8
+#    (strength 0.2 for brightness, contrast, saturation, hue), then a Gaussian blur with
+#    probability 0.5 (σ ~ U(0.15, 1.15), kernel ≈ 10 % of the image side).
+#
+# Everything runs on the built-in *miniscapes* domains: `game` (GTA-like source) and `real`
+# (Cityscapes-like target). The first cell chooses the **profile** (`tiny` for tests, `demo`, `full`);
+# this notebook does the same work in every profile.
+
+# %%
+import os
+
+PROFILE = os.environ.get("CLUDA_PROFILE", "tiny")  # tiny | demo | full
+assert PROFILE in ("tiny", "demo", "full"), f"CLUDA_PROFILE={PROFILE!r}: expected tiny, demo or full"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no busy-waiting threads on a shared CPU
+import numpy as np
+import torch
+
+torch.set_num_threads(2)
+torch.manual_seed(0)
+np.random.seed(0)
+# %matplotlib inline
+import matplotlib
+
+matplotlib.rcParams["figure.dpi"] = 64  # small PNGs: the notebooks stay well under 2 MB
+print(f"profile: {PROFILE}")
+
+# %%
+from cluda_kit.analysis.plots import image_grid, mix_grid
+from cluda_kit.data.labels import CLASSES, IGNORE_INDEX
+from cluda_kit.data.miniscapes import Miniscapes
+from cluda_kit.uda.mixing import blur_kernel_size, class_mix_masks, mix, strong_augment
+
+# %% [markdown]
+# ## A batch of two source and two target scenes
+#
+# The trainer keeps images as **float RGB in [0, 1]** through mixing and augmentation and
+# normalises them (ImageNet mean/std) only right before a network, so colour jitter and blur work
+# on real colours. A batch holds B = 2 source + 2 target images, as in the paper.
+
+# %%
+SIZE = (128, 256)  # (H, W)
+game, real = Miniscapes("game", size=SIZE), Miniscapes("real", size=SIZE)
+src = [game[i] for i in (0, 1)]
+tgt = [real[i] for i in (0, 1)]
+xs = torch.stack([s["image"] for s in src]).float() / 255  # (B, 3, H, W) in [0, 1]
+ys = torch.stack([s["label"] for s in src])  # (B, H, W) trainIds, 255 = ignore
+xt = torch.stack([s["image"] for s in tgt]).float() / 255
+yt = torch.stack([s["label"] for s in tgt])  # only for display: UDA never sees target labels
+image_grid([[xs[0], ys[0], xt[0], yt[0]], [xs[1], ys[1], xt[1], yt[1]]],
+           [["source (game)", "source label", "target (real)", "target label (unused)"]] * 2, cell_size=1.8)
+
+# %% [markdown]
+# Same scene statistics, different appearance: the `real` domain shifts and desaturates colours,
+# adds textures, blur, noise and vignetting. Which classes does each source label hold?
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("images", tuple(xs.shape), xs.dtype, "| labels", tuple(ys.shape), ys.dtype)
+for b in range(2):
+    present = [c for c in ys[b].unique().tolist() if c != IGNORE_INDEX]
+    print(f"source {b}: n = {len(present)} classes -> ClassMix pastes ceil(n/2) = {(len(present) + 1) // 2}")
+
+# %% [markdown]
+# ## The ClassMix mask
+#
+# `class_mix_masks(labels, per_image=True, generator=g)` draws, for each image, a uniformly random
+# subset of ⌈n/2⌉ of its n classes (the ignore label 255 is never chosen) and returns the
+# (B, 1, H, W) float mask M, 1 where a source pixel is pasted. All randomness comes from an explicit
+# `torch.Generator`, so a resumed training run draws exactly the same masks.
+
+# %%
+g = torch.Generator().manual_seed(0)
+m = class_mix_masks(ys, per_image=True, generator=g)  # (B, 1, H, W)
+x_mix = mix(xs, xt, m)  # M * source + (1 - M) * target
+y_mix = mix(ys, yt, m)  # here the target *labels* stand in for the teacher's pseudo-labels (notebook 02)
+mix_grid(xs, xt, m, x_mix, y_mix, cell_size=1.8)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def chosen(mask, labels):
+    """Names of the classes whose pixels the mask pastes, per image."""
+    return [[CLASSES[c] for c in labels[b][mask[b, 0] > 0].unique().tolist()] for b in range(len(labels))]
+
+print("mask", tuple(m.shape), m.dtype, "| pasted pixels per image:", m.sum(dim=(1, 2, 3)).long().tolist())
+for b, names in enumerate(chosen(m, ys)):
+    print(f"image {b}: pastes {names}")
+
+# %% [markdown]
+# ## Per-image (DACS) vs batch-wide (DAFormer/HRDA) class choice
+#
+# DACS draws the classes **per image**. The DAFormer and HRDA releases — and therefore CLUDA's —
+# draw ⌈n/2⌉ classes once from the **union** over the whole source batch and paste those classes
+# from every image, an acknowledged accident kept for reproducibility (`uda.mix_per_image=false`).
+# With the union, an image may paste few or none of its pixels, and the class choice is correlated
+# across the batch. The kit defaults to per-image.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+g = torch.Generator().manual_seed(0)
+m_batch = class_mix_masks(ys, per_image=False, generator=g)
+union = sorted(set(ys.unique().tolist()) - {IGNORE_INDEX})
+print(f"union of the batch: n = {len(union)} -> {(len(union) + 1) // 2} classes drawn once for all images")
+for b, names in enumerate(chosen(m_batch, ys)):
+    print(f"image {b}: pastes {names} ({int(m_batch[b].sum())} px)")
+
+# %%
+mix_grid(xs, xt, m_batch, mix(xs, xt, m_batch), mix(ys, yt, m_batch), cell_size=1.8)
+
+# %% [markdown]
+# ## Strong augmentation of the mixed image
+#
+# The mixed image — and only the mixed image; the teacher sees the clean target — is colour-jittered
+# and blurred. The on/off coin flips (p = 0.8 for jitter, p = 0.5 for blur) are shared by the batch;
+# the factors (brightness, contrast, saturation ~ U(0.8, 1.2), hue shift ~ U(−0.2, 0.2), a random
+# order of the four operations, σ ~ U(0.15, 1.15)) are drawn per image. The blur kernel is the odd
+# number nearest below ⌈0.1 · side⌉ (the DACS rule):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for side in (128, 256, 512, 1024):
+    print(f"image side {side:4d} -> blur kernel {blur_kernel_size(side)}")
+
+# %%
+rows, titles = [], []
+for seed in range(3):
+    aug = strong_augment(x_mix, generator=torch.Generator().manual_seed(seed))
+    rows.append([x_mix[0], aug[0], x_mix[1], aug[1]])
+    titles.append(["mixed", f"augmented (seed {seed})", "mixed", f"augmented (seed {seed})"])
+image_grid(rows, titles, cell_size=1.8)
+
+# %% [markdown]
+# The augmentation changes appearance but never geometry, so the mixed label stays valid. Why
+# bother? The student must predict the pasted source pixels and the pseudo-labelled target pixels
+# under photometric changes the teacher never saw — a consistency objective that makes
+# self-training robust. A seeded generator makes the draws reproducible:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+aug = strong_augment(x_mix, generator=torch.Generator().manual_seed(0))
+print("augmented", tuple(aug.shape), "range", round(float(aug.min()), 4), "-", round(float(aug.max()), 4))
+print("mean abs change per image:", [round(float(v), 4) for v in (aug - x_mix).abs().mean(dim=(1, 2, 3))])
+
+# %% [markdown]
+# ## Explore: resample the mix
+#
+# The widget below draws a new class choice with every click on **resample** (the seed goes up by
+# one), switches between per-image and batch-wide choice, and optionally applies the strong
+# augmentation. Watch how the batch-wide choice sometimes pastes almost nothing into one image.
+
+# %%
+from cluda_kit.analysis.widgets import MixingExplorer
+
+
+def draw(seed, per_image, augment):
+    gen = torch.Generator().manual_seed(seed)
+    mask = class_mix_masks(ys, per_image=per_image, generator=gen)
+    mixed = mix(xs, xt, mask)
+    mixed = strong_augment(mixed, generator=gen) if augment else mixed
+    names = "; ".join(", ".join(n) for n in chosen(mask, ys))
+    return dict(source=xs, target=xt, mask=mask, mixed=mixed, mixed_label=mix(ys, yt, mask), status=names)
+
+
+MixingExplorer(draw, seed=0)
+
+# %% [markdown]
+# **Next:** notebook 02 replaces the target labels used here by the teacher's pseudo-labels and
+# their confidence weight q.

@@ -1,0 +1,227 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Pseudo-labels, their confidence weight q, and the EMA teacher
+#
+# The target domain has no labels. Self-training lets a **teacher** network label the target images
+# and trains the **student** on those pseudo-labels (mixed with source pixels, notebook 01).
+# Three design choices of DACS/DAFormer keep this from collapsing (METHOD.md §1, steps 1 and 4):
+#
+# * **EMA teacher.** The teacher is an exponential moving average of the student:
+#   φ ← α_t φ + (1 − α_t) θ with α_t = min(1 − 1/(t+1), α) and α = 0.999. It changes slowly, so its
+#   pseudo-labels are more stable than the student's own predictions.
+# * **Confidence weight q.** ŷ = argmax of the teacher's softmax, p = its max probability. One
+#   scalar **q = fraction of all pixels of the target batch with p ≥ τ = 0.968** weights *every*
+#   target pixel of the mixed loss. Early in training q ≈ 0 and the target pixels barely count;
+#   as the teacher grows confident, q rises towards 1.
+# * **Margins.** Pixels near the image border get weight 0: DAFormer zeroes the top 15 and bottom
+#   120 rows of its 512×512 crop of the 1024×512 Cityscapes frame (the ego-vehicle hood); HRDA
+#   zeroes (top 30, bottom 240, left 30, right 30) of the full 2048×1024 frame.
+#
+# CLUDA inherits all three and reuses the same weights as pair weights of its contrastive loss.
+
+# %%
+import os
+
+PROFILE = os.environ.get("CLUDA_PROFILE", "tiny")  # tiny | demo | full
+assert PROFILE in ("tiny", "demo", "full"), f"CLUDA_PROFILE={PROFILE!r}: expected tiny, demo or full"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no busy-waiting threads on a shared CPU
+import numpy as np
+import torch
+
+torch.set_num_threads(2)
+torch.manual_seed(0)
+np.random.seed(0)
+# %matplotlib inline
+import matplotlib
+
+matplotlib.rcParams["figure.dpi"] = 64  # small PNGs: the notebooks stay well under 2 MB
+print(f"profile: {PROFILE}")
+
+# %%
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+from cluda_kit.analysis.plots import confidence_map, image_grid
+from cluda_kit.config import load_config
+from cluda_kit.data.miniscapes import Miniscapes
+from cluda_kit.data.transforms import normalize
+from cluda_kit.engine.trainer import Trainer
+from cluda_kit.uda.ema import ema_alpha
+from cluda_kit.uda.mixing import class_mix_masks, mix
+from cluda_kit.uda.pseudo_label import pseudo_label, pseudo_label_stats
+
+# %% [markdown]
+# ## q and the margins on a synthetic batch
+#
+# `pseudo_label(logits, threshold=0.968, ignore_top=..., ignore_bottom=...)` takes teacher
+# **logits** (B, C, H, W) at the label resolution and returns hard labels (B, H, W) and weights
+# (B, H, W): q everywhere, 0 in the margins. On a 512×512 DAFormer crop the margins remove
+# 512 · (15 + 120) = 69 120 pixels per image.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+g = torch.Generator().manual_seed(0)
+logits = 4.0 * torch.randn(2, 19, 512, 512, generator=g)  # a seeded stand-in for teacher logits
+labels, weights = pseudo_label(logits, threshold=0.968, ignore_top=15, ignore_bottom=120)
+print("labels", tuple(labels.shape), labels.dtype, "| weights", tuple(weights.shape), weights.dtype)
+print("q =", round(float(weights.max()), 4), "| zero-weight pixels per image:", (weights == 0).sum(dim=(1, 2)).tolist())
+stats = pseudo_label_stats(logits)
+print("mean confidence", round(stats["mean_confidence"], 4), "| q", round(stats["q"], 4))
+
+# %% [markdown]
+# ## The EMA ramp α_t
+#
+# At t = 0 the teacher is a copy of the student (α_0 = 0). α_t = 1 − 1/(t+1) then rises quickly —
+# 0.5 at t = 1, 0.9 at t = 9 — and is capped at α = 0.999 from t = 999 on: after the first thousand
+# iterations the teacher averages the student over roughly the last 1000 steps.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for t in (0, 1, 9, 99, 998, 999, 40000):
+    print(f"t = {t:5d}: alpha_t = {ema_alpha(t, 0.999):.4f}")
+
+# %%
+ts = np.arange(0, 3000)
+fig = Figure(figsize=(5, 2.6))
+ax = fig.subplots()
+ax.plot(ts, [ema_alpha(int(t)) for t in ts])
+ax.axvline(999, ls="--", c="0.5")
+ax.set(xscale="symlog", xlabel="iteration t", ylabel="α_t", title="EMA decay ramp (cap 0.999 from t = 999)")
+fig.tight_layout()
+fig
+
+# %% [markdown]
+# ## A short self-training run that records q
+#
+# We train the CLUDA preset on miniscapes (`game` → `real`) for a few iterations (`tiny`: seconds;
+# `demo`/`full`: longer) and attach a **callback**. The trainer calls `cb(trainer, record)` for
+# every logged record; the training records carry `q` of that step's target batch. The callback
+# below also runs the teacher (`trainer.teacher`, an `EMATeacher`; calling it runs the network
+# without gradients) on a fixed batch of target validation images and records the
+# fraction of confident pixels at several thresholds — so we see the confidence *grow* even while
+# q at τ = 0.968 is still 0.
+
+# %%
+ITERS = {"tiny": 40, "demo": 600, "full": 3000}[PROFILE]
+preset = "miniscapes_tiny" if PROFILE == "tiny" else "miniscapes_cluda"
+short = ["optim.warmup_iters=5"] if PROFILE == "tiny" else []  # tiny: skip most of the lr warm-up
+cfg = load_config(preset, [f"train.max_iters={ITERS}", "train.eval_every=0", "train.log_every=1",
+                           "train.figure_every=0", *short])
+val = Miniscapes("real", "val", size=cfg.data.val.size)
+x_val = torch.stack([val[i]["image"] for i in range(4)]).float() / 255
+THRESHOLDS = (0.3, 0.5, 0.7, 0.9, 0.968)
+q_log = []
+
+
+def record_q(trainer, record):
+    if "q" in record and (record["iter"] % max(1, ITERS // 12) == 0 or record["iter"] == 1):
+        conf = F.softmax(trainer.teacher(normalize(x_val)).logits, dim=1).amax(dim=1)
+        q_log.append({"iter": record["iter"], "q_train": record["q"],
+                      **{f"p>={t}": float((conf >= t).float().mean()) for t in THRESHOLDS}})
+
+# %%
+trainer = Trainer(cfg, callbacks=[record_q], progress=True)
+summary = trainer.fit()
+
+# %%
+fig = Figure(figsize=(7.5, 3.5))
+ax = fig.subplots()
+its = [r["iter"] for r in q_log]
+for t in THRESHOLDS:
+    ax.plot(its, [r[f"p>={t}"] for r in q_log], marker="o", ms=3, label=f"fraction p ≥ {t} (val batch)")
+ax.plot(its, [r["q_train"] for r in q_log], "k--", label="q logged by the trainer (τ = 0.968)")
+ax.set(xlabel="iteration", ylabel="fraction of pixels", ylim=(-0.02, 1.02), title="teacher confidence during training")
+ax.legend(fontsize=7)
+fig.tight_layout()
+fig
+
+# %% [markdown]
+# In the `tiny` profile the teacher has seen a handful of steps: its confidence rises but hardly any
+# pixel reaches 0.968 yet, so q ≈ 0 and the mixed loss learns from the pasted source pixels only.
+# This is the intended warm-up behaviour — wrong pseudo-labels with full weight early on would
+# reinforce themselves. With `CLUDA_PROFILE=demo` (600 iterations) q climbs well above 0.
+
+# %% [markdown]
+# ## Teacher predictions and confidence maps
+#
+# The teacher runs on clean target images (no augmentation). Pixels with p ≥ τ are the ones that
+# count towards q; note where the teacher is unsure — object boundaries, small and rare classes.
+
+# %%
+t_logits = trainer.teacher(normalize(x_val)).logits  # EMATeacher.__call__: its mode, no grad
+t_logits = F.interpolate(t_logits, size=x_val.shape[-2:], mode="bilinear", align_corners=False)
+probs = F.softmax(t_logits, dim=1)
+pl, pw = pseudo_label(t_logits, threshold=cfg.uda.pseudo_threshold)
+conf = confidence_map(probs)  # (B, H, W) max probability
+y_val = [val[i]["label"] for i in range(2)]
+image_grid([[x_val[i], y_val[i], pl[i], conf[i], conf[i] >= 0.968] for i in range(2)],
+           [["target", "ground truth", "pseudo-label ŷ", "confidence p", "p ≥ 0.968"]] * 2, cell_size=1.6)
+
+# %% [markdown]
+# ## The weight q against the threshold
+#
+# q is a step function of τ over the teacher's confidence distribution. The paper's τ = 0.968 sits
+# far in the tail — it is chosen for a *trained* teacher, whose confidences pile up near 1.
+
+# %%
+taus = np.linspace(0.3, 0.999, 200)
+p_all = probs.amax(dim=1).flatten()
+fig = Figure(figsize=(5, 2.8))
+ax = fig.subplots()
+ax.plot(taus, [float((p_all >= t).float().mean()) for t in taus])
+ax.axvline(0.968, ls="--", c="r", label="τ = 0.968")
+ax.set(xlabel="threshold τ", ylabel="q = fraction with p ≥ τ", title=f"q vs τ after {ITERS} iterations")
+ax.legend()
+fig.tight_layout()
+fig
+
+# %% [markdown]
+# ## The weight map of a mixed image
+#
+# After ClassMix the pixel weight is w_mix = M · 1 + (1 − M) · q: **1 on pasted source pixels, q on
+# target pixels, 0 in the margins**. Here we use margins in proportion to DAFormer's 15 top and
+# 120 bottom rows of 512 and, for visibility, q = 0.6. (`threshold=0` makes every pixel confident,
+# so `pseudo_label` returns 1 outside the margins: the margin mask.)
+
+# %%
+src = Miniscapes("game", size=tuple(x_val.shape[-2:]))
+ys = torch.stack([src[i]["label"] for i in range(2)])
+h = x_val.shape[-2]
+_, keep = pseudo_label(t_logits[:2], threshold=0.0, ignore_top=round(h * 15 / 512), ignore_bottom=round(h * 120 / 512))
+w_t = 0.6 * keep  # q = 0.6 outside the margins
+m = class_mix_masks(ys, generator=torch.Generator().manual_seed(0))
+w_mix = mix(torch.ones_like(w_t), w_t, m)
+image_grid([[m[i, 0] > 0, w_t[i], w_mix[i]] for i in range(2)],
+           [["mask M (source pixels)", "target weight (q, margins 0)", "w_mix"]] * 2, cell_size=1.6)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("margin rows:", round(h * 15 / 512), "top,", round(h * 120 / 512), "bottom of", h)
+print("w_mix values:", [round(v, 4) for v in w_mix.unique().tolist()])
+
+# %% [markdown]
+# ## Explore: move the threshold
+#
+# The slider sets τ over the teacher's predictions on the validation batch; the status line gives
+# the resulting q. Lowering τ admits more (and noisier) pseudo-labels at full strength.
+
+# %%
+from cluda_kit.analysis.widgets import PseudoLabelExplorer
+
+PseudoLabelExplorer(probs, x_val, threshold=0.968)
+
+# %% [markdown]
+# **Next:** notebook 03 opens the network and finds the fused feature map the CLUDA contrastive
+# loss works on.

@@ -1,0 +1,56 @@
+"""The notebooks' jupytext sources (.py) and stored notebooks (.ipynb) agree and follow the conventions.
+
+Every ``notebooks/NN_*.py`` has an ``.ipynb`` twin with the same code and markdown cells (jupytext reads
+both); each stored notebook is under 2 MB, has at least two ``# NBVAL_CHECK_OUTPUT`` cells, no
+``!pip``, and its first code cell's stored output names the profile.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+jupytext = pytest.importorskip("jupytext")
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+EXPECTED = ["01_mixing", "02_pseudo_labels", "03_fused_features", "04_contrastive_loss",
+            "05_full_training", "06_feature_space"]
+SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+
+
+def _cells(nb) -> list[tuple[str, str]]:
+    return [(c.cell_type, c.source.strip()) for c in nb.cells if c.cell_type in ("code", "markdown")]
+
+
+def test_every_notebook_exists():
+    assert [p.stem for p in SOURCES] == EXPECTED
+    for src in SOURCES:
+        assert src.with_suffix(".ipynb").is_file(), f"{src.with_suffix('.ipynb')} missing: run make notebooks"
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_py_and_ipynb_cells_identical(src: Path):
+    py_cells = _cells(jupytext.read(src))
+    nb_cells = _cells(jupytext.read(src.with_suffix(".ipynb")))
+    assert len(py_cells) == len(nb_cells), f"{src.name}: {len(py_cells)} cells vs {len(nb_cells)} in the .ipynb"
+    for i, (a, b) in enumerate(zip(py_cells, nb_cells)):
+        assert a == b, f"{src.name}: cell {i} differs from the .ipynb; rebuild with `make notebooks`"
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_conventions(src: Path):
+    ipynb = src.with_suffix(".ipynb")
+    assert ipynb.stat().st_size < 2_000_000, f"{ipynb.name} is {ipynb.stat().st_size / 1e6:.2f} MB (limit 2 MB)"
+    nb = jupytext.read(ipynb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    checked = [c for c in code if c.source.lstrip().startswith("# NBVAL_CHECK_OUTPUT")]
+    assert len(checked) >= 2, f"{ipynb.name}: {len(checked)} cells marked # NBVAL_CHECK_OUTPUT, expected >= 2"
+    for c in checked:
+        assert c.get("outputs"), f"{ipynb.name}: a # NBVAL_CHECK_OUTPUT cell has no stored output"
+    assert not any(re.search(r"^\s*[!%]pip\b", c.source, re.M) for c in code), f"{ipynb.name}: uses !pip"
+    first = code[0]
+    assert 'os.environ.get("CLUDA_PROFILE", "tiny")' in first.source
+    assert "torch.set_num_threads(2)" in first.source
+    text = "".join(o.get("text", "") for o in first.get("outputs", []) if o.get("output_type") == "stream")
+    assert re.search(r"profile: (tiny|demo|full)\b", text), f"{ipynb.name}: first cell output {text!r} names no profile"
