@@ -35,5 +35,8 @@ test-fast: install
 bench: install
 	$(BIN)/python -m bench
 
+notebooks: install
+	$(BIN)/python notebooks/build.py
+
 clean-runs:
 	rm -rf runs

@@ -1,0 +1,121 @@
+"""Feature-space analysis cost: fused-feature extraction of the demo model on miniscapes, and
+t-SNE (scikit-learn; openTSNE when installed) and UMAP of N points (5k / 20k; 50k was not run:
+at the 180 s limit per projection on the loaded 2-core machine it cannot finish).
+
+The embedded points are class-structured synthetic features (19 Gaussian clusters in D = 64, the
+demo's fused width, with per-class spread): the projection's cost depends on N and D, not on where
+the features come from, and extracting 50k real cells would dominate the run. Each projection runs
+in a fresh subprocess (numba / OpenMP thread pools do not interfere; UMAP's time includes numba's
+compilation) and is timed once; one that runs past 180 s is stopped and reported as such.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def synthetic_features(n: int, dim: int = 64, classes: int = 19, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim)).astype(np.float32)
+    labels = rng.integers(0, classes, n)
+    spread = rng.uniform(0.3, 1.0, classes).astype(np.float32)
+    return centres[labels] + rng.normal(size=(n, dim)).astype(np.float32) * spread[labels, None], labels
+
+
+def _project(method: str, backend: str, n: int) -> dict:
+    """Runs inside the subprocess."""
+    import os
+
+    x, _ = synthetic_features(n)
+    t0 = time.perf_counter()
+    if backend == "opentsne":
+        from cluda_kit.analysis.embedding import embed
+
+        embed(x, method="tsne", backend="opentsne", n_jobs=os.cpu_count())
+    elif backend == "sklearn":
+        from cluda_kit.analysis.embedding import embed
+
+        embed(x, method="tsne", backend="sklearn")
+    else:
+        from cluda_kit.analysis.embedding import embed
+
+        embed(x, method=method)
+    return {"method": method, "backend": backend, "n": n, "seconds": time.perf_counter() - t0}
+
+
+def project(method: str, backend: str, n: int, timeout: float) -> dict:
+    code = (f"import json; from bench.analysis import _project; "
+            f"print('@@' + json.dumps(_project({method!r}, {backend!r}, {n})))")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=str(REPO), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"method": method, "backend": backend, "n": n, "seconds": None,
+                "note": f"stopped after {timeout:.0f} s"}
+    if out.returncode != 0:
+        return {"method": method, "backend": backend, "n": n, "seconds": None,
+                "note": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    return json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("@@")][-1][2:])
+
+
+def extraction(quick: bool) -> dict:
+    import torch
+
+    from cluda_kit.analysis.features import extract_features
+    from cluda_kit.config import load_config
+    from cluda_kit.data.miniscapes import Miniscapes
+    from cluda_kit.data.transforms import normalize
+    from cluda_kit.models import build_segmentor
+
+    cfg = load_config("miniscapes_cluda")
+    torch.manual_seed(0)
+    model = build_segmentor(cfg.model)
+    n_img = 4 if quick else 100
+    ds = Miniscapes("real", "val", size=tuple(cfg.data.val.size), length=n_img)
+    t0 = time.perf_counter()
+    fs = extract_features(model, ds, domain="real", num_samples=n_img, max_per_class=None,
+                          normalize=lambda x: normalize(x.float() / 255), progress=False)
+    sec = time.perf_counter() - t0
+    return {"images": n_img, "size": list(cfg.data.val.size), "points": int(len(fs.labels)),
+            "seconds": sec, "images_per_s": n_img / sec}
+
+
+def opentsne_available() -> bool:
+    try:
+        import openTSNE  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run(quick: bool = False) -> dict:
+    sizes = [200] if quick else [5000, 20000]
+    timeout = 120.0 if quick else 180.0
+    # --quick leaves UMAP out: numba's compilation in a fresh process (30-50 s on a loaded 2-core
+    # machine) would dominate a tiny run
+    jobs = [] if quick else [("umap", "umap")]
+    jobs.append(("tsne", "sklearn"))
+    if opentsne_available():
+        jobs.append(("tsne", "opentsne"))
+    rows = [project(m, b, n, timeout) for n in sizes for m, b in jobs]
+    return {"extraction": extraction(quick), "projection": rows, "dim": 64,
+            "opentsne": opentsne_available()}
+
+
+def table(r: dict) -> str:
+    e = r["extraction"]
+    lines = [f"Extraction: {e['images']} images {e['size'][0]}x{e['size'][1]} -> {e['points']} points "
+             f"(purity 0.9, all cells) in {e['seconds']:.1f} s ({e['images_per_s']:.1f} images/s).", "",
+             f"Projection of N points (D = {r['dim']}, PCA to 50 first; one run each, fresh process):", "",
+             "| N | method | backend | seconds |", "|---:|---|---|---:|"]
+    for row in r["projection"]:
+        sec = f"{row['seconds']:.1f}" if row["seconds"] is not None else row.get("note", "-")
+        lines.append(f"| {row['n']} | {row['method']} | {row['backend']} | {sec} |")
+    return "\n".join(lines)

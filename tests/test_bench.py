@@ -1,0 +1,84 @@
+"""The benchmark suite runs end to end on tiny sizes and writes its JSON and markdown; the step
+helpers compare loss trajectories and aggregate the trainer's phase ranges."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.step import compare_losses
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_compare_losses_flags_only_real_differences():
+    old = [{"ce": 1.0, "cl": 2.0, "lr": 1e-3}, {"ce": 0.5, "cl": 1.5, "lr": 2e-3}]
+    same = [{"ce": 1.0 + 5e-6, "cl": 2.0, "lr": 9.0}, {"ce": 0.5, "cl": 1.5 - 1e-5, "lr": 0.0}]
+    assert compare_losses(old, same, rtol=1e-4) == []  # lr is not a loss; 5e-6 relative passes
+    moved = [{"ce": 1.0, "cl": 2.001, "lr": 1e-3}, {"ce": 0.5, "lr": 2e-3}]
+    problems = compare_losses(old, moved, rtol=1e-4)
+    assert any("cl 2 -> 2.001" in p for p in problems)
+    assert any("'cl' missing" in p for p in problems)
+    assert compare_losses(old, old[:1]) == ["2 vs 1 steps"]
+
+
+@pytest.mark.slow
+def test_quick_suite_writes_json_and_markdown(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    md = (tmp_path / "bench.md").read_text()
+    for section in ("step", "contrastive", "data", "evaluation", "analysis"):
+        record = json.loads((tmp_path / f"{section}.json").read_text())
+        assert record["section"] == section and record["quick"] is True
+        assert f"## {section}" in md
+    step = json.loads((tmp_path / "step.json").read_text())["result"]["rows"]
+    cluda = next(r for r in step if r["preset"] == "miniscapes_cluda")
+    # the trainer's record_function ranges were found: every phase of a CLUDA step is there
+    for phase in ("data", "ema", "student_source", "fd", "contrastive", "backward", "teacher",
+                  "mix_augment", "student_mix", "optimizer"):
+        assert cluda["phases_ms"][phase] > 0, phase
+    source_only = next(r for r in step if r["preset"] == "miniscapes_source_only")
+    assert "teacher" not in source_only["phases_ms"]
+    assert "| miniscapes_cluda |" in md
+    contrastive = json.loads((tmp_path / "contrastive.json").read_text())["result"]["rows"]
+    assert [r["n"] for r in contrastive] == [500, 1000]
+    analysis = json.loads((tmp_path / "analysis.json").read_text())["result"]
+    assert all(r["seconds"] is not None and r["seconds"] > 0 for r in analysis["projection"])
+
+
+def test_step_is_lazy_and_nonfinite_check_is_deferred(monkeypatch):
+    """Trainer.step returns device tensors (floats only on demand) and, without skip_nonfinite,
+    records a non-finite loss on the device; raise_if_nonfinite (called by fit on log steps)
+    then names the term and the iteration."""
+    import math
+
+    import torch
+
+    from cluda_kit.config import load_config
+    from cluda_kit.engine import trainer as trainer_mod
+
+    tr = trainer_mod.Trainer(load_config("miniscapes_tiny"), progress=False)
+    res = tr.step()
+    assert isinstance(res.tensors["loss"], torch.Tensor) and res.tensors["loss"].dim() == 0
+    assert res.values["loss"] == pytest.approx(float(res.tensors["loss"]))
+    parts = sum(res.values[k] for k in ("ce_src", "fd", "cl_src", "ce_mix", "cl_mix"))
+    assert res.values["loss"] == pytest.approx(parts, rel=1e-6)
+    tr.raise_if_nonfinite()  # all finite so far
+
+    real_ce = trainer_mod.cross_entropy
+
+    def nan_ce(logits, labels, weights=None, **kw):
+        out = real_ce(logits, labels, weights, **kw)
+        return out * float("nan") if weights is not None else out  # the mixed CE only
+
+    monkeypatch.setattr(trainer_mod, "cross_entropy", nan_ce)
+    res = tr.step()  # no exception inside the step: the check is deferred
+    assert math.isnan(res.values["ce_mix"])
+    with pytest.raises(trainer_mod.NonFiniteLossError, match=r"ce_mix=nan at iteration 1"):
+        tr.raise_if_nonfinite()
