@@ -62,6 +62,9 @@ class DataConfig:
     val_batch_size: int = 1
     val_length: int | None = None  # evaluate on the first N val samples (None = all)
     pseudo_margins: tuple[int, int, int, int] = (15, 120, 0, 0)  # (top, bottom, left, right) px
+    # of the training crop (DAFormer); frame_margins: the same of the whole (resized) target frame,
+    # zeroed before cropping (HRDA: 30, 240, 30, 30 of the 2048x1024 frame)
+    frame_margins: tuple[int, int, int, int] = (0, 0, 0, 0)
     rcs: RCSConfig = RCSConfig()
 
 

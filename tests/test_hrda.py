@@ -350,7 +350,8 @@ def test_hrda_paper_numbers_in_presets():
     assert cfg.data.source.resize == (1440, 2560) and cfg.data.target.resize == (1024, 2048)
     assert cfg.data.val.resize == (1024, 2048) and cfg.data.crop_size == (1024, 1024)
     assert cfg.data.rcs.enabled and cfg.data.rcs.min_crop_ratio == 2.0
-    assert cfg.data.pseudo_margins == (30, 240, 0, 0)
+    assert cfg.data.pseudo_margins == (0, 0, 0, 0)
+    assert cfg.data.frame_margins == (30, 240, 30, 30)
     assert (cfg.train.eval_mode, cfg.train.eval_window, cfg.train.eval_stride) == (
         "slide", (1024, 1024), (512, 512))
     assert cfg.uda.fd.enabled and cfg.optim.lr == 6e-5 and cfg.train.max_iters == 40000

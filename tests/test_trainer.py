@@ -163,3 +163,34 @@ def test_cli_train_then_evaluate(tmp_path):
     assert out.returncode == 0, out.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert f"{summary['miou']:.2f}" in out.stdout
+
+
+def test_frame_margins_move_with_the_crop():
+    from cluda_kit.engine.data import FrameMarginMask, dataset_from_config, peek, train_stream
+
+    cfg = load_config("miniscapes_tiny", ["data.frame_margins=[3, 10, 4, 5]",
+                                          "data.crop_size=[32, 64]", "data.flip_prob=0.0"])
+    frame = FrameMarginMask(dataset_from_config(cfg.data.target, "data.target"), (3, 10, 4, 5))
+    full = frame[0]
+    h, w = full["label"].shape
+    assert int(full["label"].sum()) == (h - 13) * (w - 9)
+    assert full["label"][3:h - 10, 4:w - 5].eq(1).all()
+    stream = train_stream(cfg, "target")
+    for k in range(4):
+        batch = peek(stream, k)
+        image, mask = batch["image"][0], batch["label"][0]
+        source = frame[k % len(frame)]
+        hits = [(y, x) for y in range(h - 32 + 1) for x in range(w - 64 + 1)
+                if torch.equal(source["image"][:, y:y + 32, x:x + 64], image)]
+        assert hits, "the crop is not a window of the frame"
+        y, x = hits[0]
+        assert torch.equal(mask, source["label"][y:y + 32, x:x + 64])
+
+
+def test_training_with_frame_margins(tmp_path):
+    cfg = load_config("miniscapes_tiny", ["data.frame_margins=[3, 10, 4, 5]",
+                                          "train.max_iters=2", "train.eval_every=0",
+                                          "train.checkpoint_every=0"])
+    trainer = Trainer(cfg, progress=False)
+    trainer.fit()
+    assert trainer.iter == 2

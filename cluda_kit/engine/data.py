@@ -65,6 +65,30 @@ class CheckedLabels(Dataset):
         return self.dataset.class_stats()  # type: ignore[attr-defined]
 
 
+class FrameMarginMask(Dataset):
+    """Target samples whose ``label`` is replaced by the pseudo-label validity of the whole frame:
+    1 inside, 0 in the ``(top, bottom, left, right)`` pixel margins (HRDA zeroes the margins of
+    the full frame before cropping). The training crop and flip then move the mask with the
+    image; padding comes back as 255 (invalid). Target ground truth is never used for training,
+    so nothing is lost; it also guarantees none leaks into the step."""
+
+    def __init__(self, dataset: Dataset, margins: tuple[int, int, int, int]):
+        self.dataset = dataset
+        self.margins = margins
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = dict(self.dataset[index])
+        h, w = sample["label"].shape[-2:]
+        top, bottom, left, right = self.margins
+        valid = torch.zeros((h, w), dtype=torch.int64)
+        valid[top:max(h - bottom, top), left:max(w - right, left)] = 1
+        sample["label"] = valid
+        return sample
+
+
 def dataset_from_config(spec: DatasetConfig, where: str, num_classes: int | None = None) -> Dataset:
     """Build the dataset a config section describes; errors name the section and the problem.
     With ``num_classes``, labels read from files are checked (:class:`CheckedLabels`)."""
@@ -94,6 +118,8 @@ def train_stream(cfg: Config, domain: str, rank: int = 0, world_size: int = 1) -
     spec = d.source if domain == "source" else d.target
     ds = dataset_from_config(spec, f"data.{domain}", cfg.model.num_classes)
     is_source = domain == "source"
+    if not is_source and any(d.frame_margins):
+        ds = FrameMarginMask(ds, d.frame_margins)
     transform = PairedTransform(crop=d.crop_size, flip=d.flip_prob,
                                 cat_max_ratio=d.cat_max_ratio if is_source else 1.0)
     seed = _stream_seed(cfg, domain)

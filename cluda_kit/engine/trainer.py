@@ -720,6 +720,8 @@ class Trainer:
                                       ignore_bottom=bottom, ignore_left=left, ignore_right=right)
                 if self._ddp is not None:
                     pw = self._global_pseudo_weight(pw)
+                if any(cfg.data.frame_margins):  # the target "label" is the frame-margin mask
+                    pw = pw * (tgt["label"].to(dev) == 1)
             stats["q"] = pw.amax()  # the scalar weight q (margins are 0)
             # 5-6. ClassMix + strong augmentation
             with _phase("step/mix_augment"):
