@@ -38,9 +38,13 @@ def run_one(preset: str, seed: int, overrides: list[str], runs: Path, threads: i
             cmd += ["--set", o]
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(threads))
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        out.mkdir(parents=True, exist_ok=True)
+        log = out.parent / f"{out.name}.log"  # a file, not a pipe: the run outlives this process
+        with open(log, "w") as fh:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
-            raise RuntimeError(f"{preset} seed {seed} failed:\n{proc.stderr[-2000:]}")
+            raise RuntimeError(f"{preset} seed {seed} failed, see {log}:\n"
+                               f"{log.read_text()[-2000:]}")
         print(f"  {preset} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
     data = json.loads(summary.read_text())
     data.update(preset=preset, seed=seed)
