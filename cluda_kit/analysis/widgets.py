@@ -33,7 +33,23 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
-class FeatureExplorer:
+class _BoxedWidget:
+    """Shared display plumbing: the explorer's top-level ipywidgets box is ``self._box``."""
+
+    _box: w.VBox
+
+    @property
+    def widget(self) -> w.VBox:
+        """The top-level box (controls, plot, status)."""
+        return self._box
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self._box)
+
+
+class FeatureExplorer(_BoxedWidget):
     """Projected features of one or more models, coloured by class, switchable in a notebook.
 
     Args:
@@ -104,16 +120,6 @@ class FeatureExplorer:
         for widget in (self.model_select, self.method_select, self.domain_select, self.class_select):
             widget.observe(self._on_change, names="value")
         self.update()
-
-    @property
-    def widget(self) -> w.VBox:
-        """The top-level box (controls, plot, status)."""
-        return self._box
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self._box)
 
     def _domains(self, model: str, domains: str | Iterable[str] | None) -> tuple[str, ...]:
         names = self.feature_sets[model].domain_names
@@ -205,7 +211,7 @@ class FeatureExplorer:
             self.status.value = html.escape(f"error: {type(exc).__name__}: {exc}")
 
 
-class MixingExplorer:
+class MixingExplorer(_BoxedWidget):
     """ClassMix at a glance, resampled on demand (notebook 01).
 
     Args:
@@ -242,16 +248,6 @@ class MixingExplorer:
             widget.observe(self._on_change, names="value")
         self.update()
 
-    @property
-    def widget(self) -> w.VBox:
-        """The top-level box (controls, plot, status)."""
-        return self._box
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self._box)
-
     def update(self) -> None:
         """Draw the mix of the current seed and mode."""
         from cluda_kit.analysis.plots import mix_grid
@@ -279,7 +275,7 @@ class MixingExplorer:
             self.status.value = html.escape(f"error: {type(exc).__name__}: {exc}")
 
 
-class PseudoLabelExplorer:
+class PseudoLabelExplorer(_BoxedWidget):
     """Teacher confidence against the pseudo-label threshold τ (notebook 02).
 
     Args:
@@ -313,16 +309,6 @@ class PseudoLabelExplorer:
         self._box = w.VBox([self.slider, self.plot, self.status]).add_class("cluda-pseudo")
         self.slider.observe(self._on_change, names="value")
         self.update()
-
-    @property
-    def widget(self) -> w.VBox:
-        """The top-level box (slider, plot, status)."""
-        return self._box
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self._box)
 
     def q(self, threshold: float) -> float:
         """Fraction of the batch's pixels with p ≥ threshold."""
