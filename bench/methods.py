@@ -56,7 +56,7 @@ def table(results: list[dict], command: str) -> str:
     for r in results:
         by_preset.setdefault(r["preset"], []).append(r)
     lines = [f"Command: `{command}`", "",
-             "| method (preset) | seeds | mIoU on miniscapes real val (mean ± std) | per seed | s/run |",
+             "| method (preset) | seeds | mIoU on miniscapes real val (mean ± std) | per seed | wall s/run (shared CPU) |",
              "|---|---|---|---|---|"]
     for preset, rs in by_preset.items():
         m = [r["miou"] for r in rs]
