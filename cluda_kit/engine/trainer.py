@@ -72,7 +72,7 @@ from ..uda.ema import EMATeacher
 from ..uda.feature_distance import feature_distance_loss
 from ..uda.masking import block_mask, mask_images
 from ..uda.mixing import class_mix_masks, mix, strong_augment
-from ..uda.pseudo_label import pseudo_label
+from ..uda.pseudo_label import margin_mask, pseudo_label
 from . import data as engine_data
 from .evaluate import evaluate as run_evaluation
 from .evaluate import format_iou_table
@@ -478,14 +478,9 @@ class Trainer:
         """The pseudo-label weight map with q averaged over the ranks (equal pixel counts per
         rank, so the mean is q of the global target batch); margins stay 0."""
         q = all_reduce_mean_(pw.amax().clone())
-        mask = torch.ones_like(pw)
-        top, bottom, left, right = self.cfg.data.pseudo_margins
-        h, w = mask.shape[-2:]
-        mask[:, :top] = 0
-        mask[:, h - min(bottom, h):] = 0
-        mask[:, :, :left] = 0
-        mask[:, :, w - min(right, w):] = 0
-        return mask * q
+        keep = margin_mask(pw.shape[-2:], *self.cfg.data.pseudo_margins, device=pw.device,
+                           dtype=pw.dtype)
+        return keep.expand_as(pw) * q
 
     def replica_digests(self) -> dict[str, list[str]]:
         """SHA-256 of the student and teacher state on every rank (``[rank 0, rank 1, ...]``);

@@ -70,13 +70,22 @@ def pseudo_label(
     probs = _probabilities(logits)
     p, labels = probs.max(dim=1)
     q = (p >= threshold).to(p.dtype).mean()
-    weights = q.expand_as(p).clone()
-    h, w = p.shape[-2:]
-    weights[:, : int(ignore_top)] = 0
-    weights[:, h - min(int(ignore_bottom), h):] = 0
-    weights[:, :, : int(ignore_left)] = 0
-    weights[:, :, w - min(int(ignore_right), w):] = 0
-    return labels, weights
+    keep = margin_mask(p.shape[-2:], ignore_top, ignore_bottom, ignore_left, ignore_right,
+                       device=p.device, dtype=p.dtype)
+    return labels, q * keep.expand_as(p)
+
+
+def margin_mask(size: tuple[int, int] | torch.Size, top: int = 0, bottom: int = 0, left: int = 0,
+                right: int = 0, *, device: torch.device | str | None = None,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(H, W) mask: 1 inside, 0 in the ``top``/``bottom`` rows and ``left``/``right`` columns."""
+    h, w = size
+    mask = torch.ones((h, w), device=device, dtype=dtype)
+    mask[: int(top)] = 0
+    mask[h - min(int(bottom), h):] = 0
+    mask[:, : int(left)] = 0
+    mask[:, w - min(int(right), w):] = 0
+    return mask
 
 
 @torch.no_grad()
