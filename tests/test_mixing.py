@@ -264,3 +264,10 @@ def test_strong_augment_reproducible_probabilities_and_range():
 def test_strong_augment_rejects_bad_images():
     with pytest.raises(ValueError, match="mixing.py"):
         strong_augment(torch.zeros(2, 3, 4, 4, dtype=torch.uint8))
+
+
+def test_class_mix_rejects_labels_outside_the_table():
+    with pytest.raises(ValueError, match=r"\[0, 256\)"):
+        class_mix_masks(torch.tensor([[[0, 300]]]))
+    with pytest.raises(ValueError, match="min -1"):
+        class_mix_masks(torch.tensor([[[-1, 3]]]))

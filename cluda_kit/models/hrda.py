@@ -206,8 +206,8 @@ def max_entropy_window(context_logits: Tensor, image_size: tuple[int, int], wind
     xs = torch.tensor(window_starts(width, ww, stride[1], divisible), device=ent.device)
     y0, x0 = ys[:, None], xs[None, :]
     sums = integral[y0 + wh, x0 + ww] - integral[y0, x0 + ww] - integral[y0 + wh, x0] + integral[y0, x0]
-    best = int(sums.flatten().argmax())
-    by, bx = int(ys[best // xs.numel()]), int(xs[best % xs.numel()])
+    best = sums.flatten().argmax()
+    by, bx = torch.stack([ys[best // xs.numel()], xs[best % xs.numel()]]).tolist()  # the one sync
     return by, bx, by + wh, bx + ww
 
 

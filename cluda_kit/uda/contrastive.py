@@ -209,7 +209,8 @@ class _Pairs:
     labels: Tensor  # (N,) int64
     anchors: Tensor  # (M,) int64 indices into the N pixels, each used once
     inv_tau: float
-    scale: float  # (tau/tau_b) * loss_weight / M; the minus sign of L is in q = -l
+    scale: float | Tensor  # (tau/tau_b) * loss_weight / M; the minus sign of L is in q = -l
+    valid: Tensor | None = None  # (N,) bool: False = ignored pixel (no anchor, positive or negative)
 
 
 def _log_terms(anchor_rows: Tensor, cols: Tensor, same: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -229,6 +230,13 @@ def _log_terms(anchor_rows: Tensor, cols: Tensor, same: Tensor) -> tuple[Tensor,
     return x, F.softplus(x, threshold=40.0), e, s
 
 
+def _class_sizes(labels: Tensor) -> Tensor:
+    """(N,) number of pixels that carry each pixel's label (any integer values). Sort and
+    ``searchsorted`` keep every shape static: no host synchronisation, unlike ``torch.unique``."""
+    ordered = labels.sort().values
+    return torch.searchsorted(ordered, labels, right=True) - torch.searchsorted(ordered, labels)
+
+
 def _logit_grad(x: Tensor, k: Tensor, e: Tensor, s: Tensor) -> Tensor:
     """dL/dz (b, N) for L = sum_ij k_ij q_ij (k zero off the positives); consumes ``x`` and ``e``."""
     h = x.sigmoid_().mul_(k)  # H = K sigma
@@ -240,9 +248,8 @@ def _sweep(p: _Pairs, need: tuple[bool, bool, bool, bool], block_size: int):
     """Loss and the requested gradients (d/du, d/dv, d/dw, d/drho), anchor block by anchor block."""
     u, v, w, gate, rho, labels = p.u, p.v, p.w, p.gate, p.rho, p.labels
     du, dv, dw, drho = (torch.zeros_like(t) if n else None for t, n in zip((u, v, w, rho), need))
-    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     # scale / max(1, |P(i)|) for every pixel: |P(i)| = pixels of i's class minus i itself
-    row_all = p.scale / (counts[inverse] - 1).clamp_min(1).to(u.dtype)
+    row_all = p.scale / (_class_sizes(labels) - 1).clamp_min(1).to(u.dtype)
     total = u.new_zeros(())
 
     def backprop(x, k, e, s, cols, d_cols, a, ua):
@@ -259,8 +266,12 @@ def _sweep(p: _Pairs, need: tuple[bool, bool, bool, bool], block_size: int):
         ua = u[a]
         ua_tau = ua * p.inv_tau
         same = labels[a, None] == labels[None, :]
+        if p.valid is not None:  # ignored columns are no negatives ...
+            same |= ~p.valid[None, :]
         pos = same.clone()
         pos[torch.arange(a.numel(), device=a.device), a] = False
+        if p.valid is not None:  # ... and no positives, and ignored rows are no anchors
+            pos &= p.valid[None, :] & p.valid[a, None]
         row = row_all[a] if rho is None else row_all[a] * rho[a]
         base = pos.to(u.dtype).mul_(row[:, None])  # scale P_ij rho_i rho_j / max(1, |P(i)|)
         if rho is not None:
@@ -302,9 +313,9 @@ class _BlockedContrastive(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u, v, w, gate, rho, labels, anchors, inv_tau, scale, block_size, grad_enabled):
+    def forward(ctx, u, v, w, gate, rho, labels, anchors, inv_tau, scale, block_size, grad_enabled, valid):
         need_u, need_v, need_w, _, need_rho = (grad_enabled and n for n in ctx.needs_input_grad[:5])
-        p = _Pairs(u, v, w, gate, rho, labels, anchors, inv_tau, scale)
+        p = _Pairs(u, v, w, gate, rho, labels, anchors, inv_tau, scale, valid)
         with torch.autocast(u.device.type, enabled=False):
             total, *grads = _sweep(p, (need_u, need_v, need_w, need_rho), block_size)
         ctx.save_for_backward(*grads)
@@ -314,7 +325,7 @@ class _BlockedContrastive(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         du, dv, dw, drho = (None if g is None else g * grad_out for g in ctx.saved_tensors)
-        return du, dv, dw, None, drho, None, None, None, None, None, None
+        return du, dv, dw, None, drho, None, None, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,17 +385,22 @@ def _pixel_scalars(
 ) -> tuple[Tensor, list[Tensor | None], Tensor | None]:
     """Flatten labels and per-pixel maps (each (B, h, w)) to feature row order.
 
-    Returns (labels (N,), maps (N,) each, keep) where keep is the bool mask of non-ignored
-    pixels over the B*h*w feature rows, or None when every row is kept (official_compat: the
-    release pairs scalar row n*B + b with feature (b, n) and treats 255 as one more class).
+    Returns (labels (N,), maps (N,) each, valid) over all B*h*w feature rows, where valid is the
+    bool mask of non-ignored pixels, or None when every row counts (official_compat: the release
+    pairs scalar row n*B + b with feature (b, n) and treats 255 as one more class). Ignored pixels
+    are masked, not removed: removing them (boolean indexing) would synchronise an accelerator.
     """
     y = labels.reshape(-1).long()
     flat = [None if t is None else t.reshape(-1) for t in maps]
     if official_compat:
         order = _release_order(labels.shape[0], labels[0].numel(), labels.device)
         return y[order], [None if t is None else t[order] for t in flat], None
-    keep = y != ignore_index
-    return y[keep], [None if t is None else t[keep] for t in flat], keep
+    return y, flat, y != ignore_index
+
+
+def _compact(valid: Tensor | None, *rows: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The rows of the valid pixels only (for anchor sampling, which needs them explicitly)."""
+    return tuple(t if t is None or valid is None else t[valid] for t in rows)
 
 
 def _run(
@@ -402,8 +418,12 @@ def _run(
     generator: torch.Generator | None,
     block_size: int,
     inputs: tuple[Tensor, ...],
+    valid: Tensor | None = None,
 ) -> Tensor:
-    """Pick the anchors and run the blocked Function with scale (tau/tau_b) * loss_weight / M."""
+    """Pick the anchors and run the blocked Function with scale (tau/tau_b) * loss_weight / M.
+
+    ``valid`` (N,) bool masks ignored pixels out (M = its count, kept on the device); with
+    ``max_anchors`` the caller passes the valid pixels only."""
     if temperature <= 0 or base_temperature <= 0:
         raise ValueError(f"temperature and base_temperature must be > 0, got {temperature}, {base_temperature}")
     if max_anchors is None:
@@ -412,9 +432,13 @@ def _run(
         anchors = balanced_anchor_indices(labels, max_anchors, generator)
     if anchors.numel() == 0:  # every pixel ignored: a zero that still backpropagates
         return sum(t.sum() for t in inputs) * 0.0
-    scale = (temperature / base_temperature) * loss_weight / anchors.numel()
+    if valid is None:
+        scale = (temperature / base_temperature) * loss_weight / anchors.numel()
+    else:  # M = the valid pixels, counted on the device (every row weight is 0 when none is valid)
+        scale = (temperature / base_temperature) * loss_weight / valid.sum().clamp_min(1).to(u.dtype)
     return _BlockedContrastive.apply(
-        u, v, w, gate, rho, labels, anchors, 1.0 / temperature, scale, block_size, torch.is_grad_enabled()
+        u, v, w, gate, rho, labels, anchors, 1.0 / temperature, scale, block_size, torch.is_grad_enabled(),
+        valid,
     )
 
 
@@ -474,10 +498,11 @@ def pixel_contrastive_loss(
     """
     fn = "pixel_contrastive_loss"
     _check_common(fn, features, labels, weights, block_size)
-    y, (rho,), keep = _pixel_scalars(labels, [weights], ignore_index, official_compat)
+    y, (rho,), valid = _pixel_scalars(labels, [weights], ignore_index, official_compat)
     rows = _feature_rows(features)
-    if keep is not None:
-        rows = rows[keep]
+    if max_anchors is not None:
+        rows, y, rho = _compact(valid, rows, y, rho)
+        valid = None
     u = _normalize_rows(rows)
     if rho is not None:
         rho = rho.to(u.dtype)
@@ -485,6 +510,7 @@ def pixel_contrastive_loss(
         u, None, None, None, rho, y,
         temperature=temperature, base_temperature=base_temperature, loss_weight=1.0,
         max_anchors=max_anchors, generator=generator, block_size=block_size, inputs=(features,),
+        valid=valid,
     )
 
 
@@ -559,14 +585,16 @@ def multi_resolution_contrastive_loss(
     gate = crop_mask.bool()
     if official_compat:
         gate = gate & (labels != 0)
-    y, (rho, w, c), keep = _pixel_scalars(labels, [weights, weight_map, gate], ignore_index, official_compat)
+    y, (rho, w, c), valid = _pixel_scalars(labels, [weights, weight_map, gate], ignore_index, official_compat)
     u_rows, v_rows = _feature_rows(lr_features), _feature_rows(hr_features)
-    if keep is not None:
-        u_rows, v_rows = u_rows[keep], v_rows[keep]
+    if max_anchors is not None:
+        u_rows, v_rows, y, rho, w, c = _compact(valid, u_rows, v_rows, y, rho, w, c)
+        valid = None
     u, v = _normalize_rows(u_rows), _normalize_rows(v_rows.to(u_rows.dtype))
     return _run(
         u, v, w.to(u.dtype), c.to(u.dtype), None if rho is None else rho.to(u.dtype), y,
         temperature=temperature, base_temperature=base_temperature, loss_weight=loss_weight,
         max_anchors=max_anchors, generator=generator, block_size=block_size,
         inputs=(lr_features, hr_features, weight_map),
+        valid=valid,
     )

@@ -27,6 +27,7 @@ __all__ = [
     "hsv_to_rgb",
 ]
 
+_LABEL_SLOTS = 256  # label values class_mix_masks accepts: trainIds and the ignore value 255
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 
 
@@ -58,7 +59,8 @@ def class_mix_masks(
     """ClassMix masks: for each image choose ⌈n/2⌉ of the n classes present and mark their pixels.
 
     Args:
-        labels: (B, H, W) integer source ground truth (trainIds, ``ignore_index`` = ignore).
+        labels: (B, H, W) integer source ground truth (trainIds, ``ignore_index`` = ignore), values
+            in [0, 256).
         per_image: True (DACS, the default): each image draws from its own n present classes.
             False (the DAFormer/HRDA release, an acknowledged accident kept for reproducibility):
             ⌈n/2⌉ classes are drawn once from the union of the classes of the whole batch and the
@@ -69,7 +71,7 @@ def class_mix_masks(
 
     Returns:
         (B, 1, H, W) float32 masks M in {0, 1}, 1 where the pixel's class was chosen (pasted from
-        the source). Every subset of size ⌈n/2⌉ is equally likely.
+        the source). Every subset of size ⌈n/2⌉ is equally likely. No host synchronisation.
     """
     if labels.dim() != 3 or labels.is_floating_point():
         raise ValueError(
@@ -77,21 +79,26 @@ def class_mix_masks(
             f"got dtype {labels.dtype} and shape {tuple(labels.shape)}"
         )
     b, h, w = labels.shape
-    values, inverse = torch.unique(labels, return_inverse=True)  # values sorted, inverse (B, H, W)
-    inverse = inverse.reshape(b, h * w)
-    present = torch.zeros(b, values.numel(), dtype=torch.bool, device=labels.device)
-    present.scatter_(1, inverse, True)
-    present &= (values != ignore_index).unsqueeze(0)
+    # Presence of each label value over a fixed 256-slot table: no data-dependent shapes, so no
+    # host-device synchronisation on an accelerator (torch.unique would need one).
+    flat = labels.reshape(b, h * w).long()
+    present = torch.zeros(b, _LABEL_SLOTS, dtype=torch.bool, device=labels.device)
+    try:  # an out-of-range value fails here (on the CPU; a device-side assert on CUDA)
+        present.scatter_(1, flat, True)
+    except RuntimeError as e:
+        raise ValueError(f"mixing.py: class_mix_masks expects label values in [0, {_LABEL_SLOTS}); "
+                         f"got min {int(flat.min())}, max {int(flat.max())}") from e
+    if 0 <= ignore_index < _LABEL_SLOTS:
+        present[:, ignore_index] = False
     if not per_image:
-        present = present.any(dim=0, keepdim=True)  # (1, U): union over the batch
+        present = present.any(dim=0, keepdim=True)  # (1, 256): union over the batch
     n = present.sum(dim=1, keepdim=True)
     k = (n + 1) // 2  # ⌈n/2⌉
     # A uniformly random ranking of the present classes; the k best-ranked are chosen.
     keys = _rand(tuple(present.shape), generator, labels.device).masked_fill(~present, 2.0)
     rank = keys.argsort(dim=1).argsort(dim=1)
-    chosen = present & (rank < k)
-    chosen = chosen.expand(b, -1)
-    return chosen.gather(1, inverse).reshape(b, 1, h, w).to(torch.float32)
+    chosen = (present & (rank < k)).expand(b, -1)
+    return chosen.gather(1, flat).reshape(b, 1, h, w).to(torch.float32)
 
 
 def mix(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
