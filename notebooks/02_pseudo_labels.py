@@ -114,7 +114,7 @@ fig
 # q at τ = 0.968 is still 0.
 
 # %%
-ITERS = {"tiny": 40, "demo": 600, "full": 3000}[PROFILE]
+ITERS = {"tiny": 40, "demo": 1000, "full": 3000}[PROFILE]
 preset = "miniscapes_tiny" if PROFILE == "tiny" else "miniscapes_cluda"
 short = ["optim.warmup_iters=5"] if PROFILE == "tiny" else []  # tiny: skip most of the lr warm-up
 cfg = load_config(preset, [f"train.max_iters={ITERS}", "train.eval_every=0", "train.log_every=1",
@@ -151,7 +151,7 @@ fig
 # In the `tiny` profile the teacher has seen a handful of steps: its confidence rises but hardly any
 # pixel reaches 0.968 yet, so q ≈ 0 and the mixed loss learns from the pasted source pixels only.
 # This is the intended warm-up behaviour — wrong pseudo-labels with full weight early on would
-# reinforce themselves. With `CLUDA_PROFILE=demo` (600 iterations) q climbs well above 0.
+# reinforce themselves. With `CLUDA_PROFILE=demo` (1000 iterations) q climbs well above 0.
 
 # %% [markdown]
 # ## Teacher predictions and confidence maps

@@ -22,7 +22,7 @@ Domains (same generator, different statistics and appearance):
   blur and sensor noise; an ego-vehicle hood at the bottom labelled 255 (as in Cityscapes), more
   pedestrians, cyclists and buildings, less terrain and sky.
 
-``gap`` (default ``GAP`` = 1.0, to be calibrated with training runs) scales how far ``real``
+``gap`` (default ``GAP`` = 1.5, calibrated with the demo's training runs, below) scales how far ``real``
 looks from ``game``. Every appearance parameter of ``real`` is a linear interpolation from the
 game style towards a real-world style: textures, shading, lighting, blur and noise by ``gap``,
 colours by ``COLOUR_PER_GAP * gap`` (0.5; the full real-world palette is reached at gap 2).
@@ -36,8 +36,11 @@ game val: 0.957 / 0.729 plain, 0.941 / 0.608 with strong colour jitter)::
     plain source-only      0.956/0.707  0.931/0.565  0.795/0.311  0.593/0.160  0.424/0.087
     colour-jitter source   0.940/0.580  0.931/0.529  0.879/0.393  0.736/0.235  0.549/0.129
 
-so at the default the target keeps ~80 % of pixels right (within reach for self-training),
-loses more than half the mIoU, and colour jitter closes only a small part of the loss.
+Calibration with the demo itself (MiT-nano + DAFormer head, 128x256 crops, lr 1.5e-3, mIoU on
+100 real val scenes, seed 0; README "Results"): at 600 iterations source-only / CLUDA / target
+oracle reach 32.2 / 32.7 / ~38.5 at gap 1.0, 24.7 / 27.0 / 33.6 at gap 1.25 and 18.1 / 22.7 / 27.8
+at gap 1.5. The adaptation gain grows with the gap while the target stays learnable (the oracle
+falls because textures, noise and blur grow with the gap too), so the default is frozen at 1.5.
 
 Determinism: sample ``i`` of ``(domain, split, seed)`` draws its layout and its appearance from
 two numpy generators seeded by ``SeedSequence([domain, split, seed, i])`` (stable codes, no
@@ -85,7 +88,7 @@ __all__ = [
 
 DOMAINS = ("game", "sim", "real")
 #: Default appearance gap of ``real`` (0 = looks like ``game``; see the module docstring).
-GAP = 1.0
+GAP = 1.5
 #: Fraction of the way from the game palette to the real-world palette per unit of ``gap``.
 COLOUR_PER_GAP = 0.5
 _SPLITS = {"train": 2000, "val": 200, "test": 200}
