@@ -453,3 +453,10 @@ def test_explorer_without_cache_recomputes_and_reports_errors():
     assert ex.status.value.startswith("error: TypeError")
     with pytest.raises(ValueError, match="methods"):
         FeatureExplorer({"m": two_domain_set("m", 0)}, NAMES, PALETTE, methods=("mds",))
+
+
+def test_tsne_defaults_to_opentsne():
+    # openTSNE is a dependency and the faster tool (bench/results/analysis.md): the default backend
+    x, _ = blobs()
+    assert np.array_equal(embed(x, "tsne"), embed(x, "tsne", backend="opentsne"))
+    assert not np.array_equal(embed(x, "tsne"), embed(x, "tsne", backend="sklearn"))

@@ -50,18 +50,18 @@ def _opentsne_available() -> bool:
 
 
 def embed(features: np.ndarray, method: str = "tsne", *, n_components: int = 2, seed: int = 0,
-          l2_normalize: bool = True, pca_dims: int | None = 50, backend: str = "sklearn",
+          l2_normalize: bool = True, pca_dims: int | None = 50, backend: str = "auto",
           **kwargs) -> np.ndarray:
     """Project features (N, D) to (N, n_components) float32.
 
     Args:
         features: (N, D) feature vectors (numpy or anything ``np.asarray`` accepts).
-        method: ``"tsne"`` (scikit-learn, ``init="pca"``, ``learning_rate="auto"``, perplexity
-            30 clipped to (N - 1) / 3), ``"umap"`` (umap-learn, ``n_neighbors=15``,
+        method: ``"tsne"`` (see ``backend``; PCA initialisation, automatic learning rate,
+            perplexity 30 clipped to (N - 1) / 3), ``"umap"`` (umap-learn, ``n_neighbors=15``,
             ``min_dist=0.1``) or ``"pca"`` (scikit-learn).
         n_components: output dimension.
         seed: random state. All three methods are deterministic for a fixed seed on one machine:
-            PCA uses the exact SVD; scikit-learn's t-SNE is seeded by ``random_state``; UMAP with a
+            PCA uses the exact SVD; t-SNE (either backend) is seeded by ``random_state``; UMAP with a
             ``random_state`` runs single-threaded and reproducibly (slower than its parallel mode).
             UMAP makes numba use its ``workqueue`` threading layer (see
             :func:`_prefer_numba_workqueue`) so that t-SNE stays fast in the same process.
@@ -69,12 +69,14 @@ def embed(features: np.ndarray, method: str = "tsne", *, n_components: int = 2, 
             loss) instead of the raw ones.
         pca_dims: for t-SNE and UMAP, first reduce to this many dimensions with PCA when D is
             larger (speed; None = never).
-        backend: t-SNE implementation: ``"sklearn"``, ``"opentsne"`` (openTSNE, an optional
-            dependency: ``pip install openTSNE``; FFT-accelerated gradients, PCA initialisation,
-            learning rate N/12, the same perplexity) or ``"auto"`` (openTSNE when installed, else
-            scikit-learn). Default scikit-learn: openTSNE was not shown faster at 20k points on
-            the 2-core test machine yet (``python -m bench --only analysis`` times both). The
-            two give different (equally valid) layouts.
+        backend: t-SNE implementation: ``"opentsne"`` (openTSNE: FFT-accelerated gradients, PCA
+            initialisation, learning rate N/12, the same perplexity, all cores: ``n_jobs=-1``),
+            ``"sklearn"`` (Barnes-Hut) or ``"auto"`` (the default: openTSNE when importable, else
+            scikit-learn). openTSNE is the default because it is the faster tool: 20k points in
+            59 s against scikit-learn's 123 s, 50k in 98 s against > 300 s, on the 2-core test
+            machine (``python -m bench --only analysis``, bench/results/analysis.md). The two give
+            different (equally valid) layouts; each is deterministic for a fixed seed and core
+            count.
         **kwargs: passed to the estimator (``TSNE`` of scikit-learn or openTSNE, ``umap.UMAP`` or
             ``PCA``), overriding the defaults above.
     """
@@ -99,7 +101,7 @@ def embed(features: np.ndarray, method: str = "tsne", *, n_components: int = 2, 
         from openTSNE import TSNE as OpenTSNE
 
         params = {"n_components": n_components, "initialization": "pca", "learning_rate": "auto",
-                  "perplexity": min(30.0, (x.shape[0] - 1) / 3), "random_state": seed, "n_jobs": 1,
+                  "perplexity": min(30.0, (x.shape[0] - 1) / 3), "random_state": seed, "n_jobs": -1,
                   "verbose": False, **kwargs}
         return np.asarray(OpenTSNE(**params).fit(np.ascontiguousarray(x, dtype=np.float64)),
                           dtype=np.float32)
