@@ -47,7 +47,10 @@ def run_one(preset: str, seed: int, overrides: list[str], runs: Path, threads: i
                                f"{log.read_text()[-2000:]}")
         print(f"  {preset} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
     data = json.loads(summary.read_text())
-    data.update(preset=preset, seed=seed)
+    metrics = out / "metrics.jsonl"
+    curve = ([[r["iter"], r["miou"]] for r in map(json.loads, metrics.read_text().splitlines())
+              if "miou" in r] if metrics.exists() else [])
+    data.update(preset=preset, seed=seed, curve=curve)
     return data
 
 
@@ -65,6 +68,23 @@ def table(results: list[dict], command: str) -> str:
         wall = statistics.mean(r["wall_time_s"] for r in rs)
         lines.append(f"| {preset} | {len(rs)} | {statistics.mean(m):.1f} ± {std:.1f} | {per} | "
                      f"{wall:.0f} |")
+    return "\n".join(lines) + "\n" + curves(by_preset)
+
+
+def curves(by_preset: dict[str, list[dict]]) -> str:
+    """mIoU at every evaluation during training, mean over the seeds (from metrics.jsonl)."""
+    iters = sorted({it for rs in by_preset.values() for r in rs for it, _ in r.get("curve", [])})
+    if not iters:
+        return ""
+    lines = ["", "mIoU during training (evaluations in each run's metrics.jsonl, mean over seeds):", "",
+             "| method (preset) | " + " | ".join(str(i) for i in iters) + " |",
+             "|---|" + "---:|" * len(iters)]
+    for preset, rs in by_preset.items():
+        cells = []
+        for it in iters:
+            vals = [m for r in rs for i, m in r.get("curve", []) if i == it]
+            cells.append(f"{statistics.mean(vals):.1f}" if vals else "–")
+        lines.append(f"| {preset} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -82,3 +82,15 @@ def test_step_is_lazy_and_nonfinite_check_is_deferred(monkeypatch):
     assert math.isnan(res.values["ce_mix"])
     with pytest.raises(trainer_mod.NonFiniteLossError, match=r"ce_mix=nan at iteration 1"):
         tr.raise_if_nonfinite()
+
+
+def test_methods_table_means_and_curves():
+    from bench.methods import table
+
+    runs = [{"preset": "a", "seed": 0, "miou": 10.0, "wall_time_s": 5, "curve": [[5, 4.0], [10, 10.0]]},
+            {"preset": "a", "seed": 1, "miou": 12.0, "wall_time_s": 7, "curve": [[5, 6.0], [10, 12.0]]},
+            {"preset": "b", "seed": 0, "miou": 20.0, "wall_time_s": 9, "curve": [[10, 20.0]]}]
+    md = table(runs, "python -m bench.methods")
+    assert "| a | 2 | 11.0 ± 1.4 | 10.0, 12.0 | 6 |" in md
+    assert "| b | 1 | 20.0 ± 0.0 | 20.0 | 9 |" in md
+    assert "| a | 5.0 | 11.0 |" in md and "| b | – | 20.0 |" in md
