@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from cluda_kit.analysis.embedding import _opentsne_available, embed
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -37,24 +39,13 @@ def _project(method: str, backend: str, n: int) -> dict:
     x, _ = synthetic_features(n)
     compile_s = None
     if backend == "umap":  # numba compiles on the first call: time it apart from the projection
-        from cluda_kit.analysis.embedding import embed
-
         t0 = time.perf_counter()
         embed(synthetic_features(300, seed=1)[0], method="umap")
         compile_s = time.perf_counter() - t0
+    kwargs = {"opentsne": {"backend": "opentsne", "n_jobs": os.cpu_count()},
+              "sklearn": {"backend": "sklearn"}}.get(backend, {})
     t0 = time.perf_counter()
-    if backend == "opentsne":
-        from cluda_kit.analysis.embedding import embed
-
-        embed(x, method="tsne", backend="opentsne", n_jobs=os.cpu_count())
-    elif backend == "sklearn":
-        from cluda_kit.analysis.embedding import embed
-
-        embed(x, method="tsne", backend="sklearn")
-    else:
-        from cluda_kit.analysis.embedding import embed
-
-        embed(x, method=method)
+    embed(x, method=method, **kwargs)
     return {"method": method, "backend": backend, "n": n, "seconds": time.perf_counter() - t0,
             "compile_s": compile_s}
 
@@ -96,14 +87,6 @@ def extraction(quick: bool) -> dict:
             "seconds": sec, "images_per_s": n_img / sec}
 
 
-def opentsne_available() -> bool:
-    try:
-        import openTSNE  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def run(quick: bool = False) -> dict:
     sizes = [200] if quick else [5000, 20000, 50000]
     timeout = 60.0 if quick else 300.0
@@ -111,11 +94,11 @@ def run(quick: bool = False) -> dict:
     # machine) would dominate a tiny run
     jobs = [] if quick else [("umap", "umap")]
     jobs.append(("tsne", "sklearn"))
-    if opentsne_available():
+    if _opentsne_available():
         jobs.append(("tsne", "opentsne"))
     rows = [project(m, b, n, timeout) for n in sizes for m, b in jobs]
     return {"extraction": extraction(quick), "projection": rows, "dim": 64,
-            "opentsne": opentsne_available()}
+            "opentsne": _opentsne_available()}
 
 
 def table(r: dict) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from bench.methods import read_curve
 from cluda_kit.data.miniscapes import GAP
 
 
@@ -23,8 +24,6 @@ def row(run: Path) -> dict | None:
         return None
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     meta = json.loads((run / "meta.json").read_text())
-    curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-             if '"miou"' in line]
     s = json.loads(summary.read_text())
     data = cfg["data"]
     gap = data["target"].get("gap")
@@ -32,7 +31,7 @@ def row(run: Path) -> dict | None:
         gap = data["source"].get("gap")
     return {"run": run.name, "preset": meta["preset"], "gap": gap, "lr": cfg["optim"]["lr"],
             "iters": cfg["train"]["max_iters"], "miou": s["miou"],
-            "curve": [(r["iter"], r["miou"]) for r in curve], "wall_s": s["wall_time_s"],
+            "curve": read_curve(run), "wall_s": s["wall_time_s"],
             "git": meta.get("git", "")[:7]}
 
 

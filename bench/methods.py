@@ -27,6 +27,14 @@ DEFAULT_PRESETS = ("miniscapes_source_only", "miniscapes_source_only_aug", "mini
                    "miniscapes_daformer", "miniscapes_cluda", "miniscapes_oracle")
 
 
+def read_curve(run: Path) -> list[list[float]]:
+    """[[iteration, mIoU], ...] of every evaluation in a run directory's metrics.jsonl."""
+    metrics = run / "metrics.jsonl"
+    if not metrics.exists():
+        return []
+    return [[r["iter"], r["miou"]] for r in map(json.loads, metrics.read_text().splitlines()) if "miou" in r]
+
+
 def run_one(preset: str, seed: int, overrides: list[str], runs: Path, threads: int) -> dict:
     """Train one (preset, seed) unless its summary exists; return the summary."""
     out = runs / f"{preset}-seed{seed}"
@@ -47,10 +55,7 @@ def run_one(preset: str, seed: int, overrides: list[str], runs: Path, threads: i
                                f"{log.read_text()[-2000:]}")
         print(f"  {preset} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
     data = json.loads(summary.read_text())
-    metrics = out / "metrics.jsonl"
-    curve = ([[r["iter"], r["miou"]] for r in map(json.loads, metrics.read_text().splitlines())
-              if "miou" in r] if metrics.exists() else [])
-    data.update(preset=preset, seed=seed, curve=curve)
+    data.update(preset=preset, seed=seed, curve=read_curve(out))
     return data
 
 
