@@ -47,8 +47,9 @@ def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"expected images of shape (..., 3, H, W), got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"expected a float image tensor in [0, 1], got dtype {x.dtype}")
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    # built on the host and copied asynchronously: no host-device synchronisation on a GPU
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).to(x.device, non_blocking=True).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).to(x.device, non_blocking=True).view(3, 1, 1)
     return mean, std
 
 

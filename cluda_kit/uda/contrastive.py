@@ -269,7 +269,7 @@ def _sweep(p: _Pairs, need: tuple[bool, bool, bool, bool], block_size: int):
         if p.valid is not None:  # ignored columns are no negatives ...
             same |= ~p.valid[None, :]
         pos = same.clone()
-        pos[torch.arange(a.numel(), device=a.device), a] = False
+        pos.scatter_(1, a[:, None], False)  # no self-pairs (a scalar fill: no host copy)
         if p.valid is not None:  # ... and no positives, and ignored rows are no anchors
             pos &= p.valid[None, :] & p.valid[a, None]
         row = row_all[a] if rho is None else row_all[a] * rho[a]

@@ -32,9 +32,10 @@ _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb
 
 
 def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """U[0, 1) float32 numbers drawn on the generator's device (CPU without one), moved to ``device``."""
+    """U[0, 1) float32 numbers drawn on the generator's device (CPU without one), moved to ``device``
+    (asynchronously: the host does not wait for the GPU)."""
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+    return torch.rand(shape, generator=generator, device=gen_device).to(device, non_blocking=True)
 
 
 def _check_images(images: torch.Tensor, name: str = "images") -> None:
@@ -196,7 +197,7 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     Uses channel_n = v - v·s·clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6, n = 5, 3, 1 for R, G, B.
     """
     h, s, v = hsv.unbind(dim=1)
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, dtype=hsv.dtype, device=hsv.device).view(1, 3, 1, 1)  # 5, 3, 1
     k = torch.remainder(n + 6.0 * h.unsqueeze(1), 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
     return v.unsqueeze(1) - (v * s).unsqueeze(1) * ramp
@@ -238,14 +239,14 @@ def color_jitter(
     order_cpu = order.detach().to("cpu", torch.long)
     if not torch.equal(order_cpu.sort(dim=1).values, torch.arange(4).expand(bsz, 4)):
         raise ValueError(f"mixing.py: color_jitter order rows must be permutations of 0..3; got {order_cpu.tolist()}")
-    factors = tuple(f.to(device=images.device, dtype=images.dtype) for f in factors)
+    factors = tuple(f.to(device=images.device, dtype=images.dtype, non_blocking=True) for f in factors)
     out = images.clone()
     for position in range(4):
         for op in range(4):
             idx = (order_cpu[:, position] == op).nonzero().flatten()
             if idx.numel() == 0:
                 continue
-            idx = idx.to(images.device)
+            idx = idx.to(images.device, non_blocking=True)
             out.index_copy_(0, idx, _OPS[op](out.index_select(0, idx), factors[op].index_select(0, idx)))
     return out
 
@@ -289,7 +290,7 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: tuple[
     bsz, ch, h, w = images.shape
     if sigma.shape != (bsz,):
         raise ValueError(f"mixing.py: gaussian_blur sigma must have shape ({bsz},); got {tuple(sigma.shape)}")
-    sigma = sigma.to(device=images.device, dtype=images.dtype)
+    sigma = sigma.to(device=images.device, dtype=images.dtype, non_blocking=True)
     x = F.pad(images, (kx // 2, kx // 2, ky // 2, ky // 2), mode="reflect")
     x = x.reshape(1, bsz * ch, h + 2 * (ky // 2), w + 2 * (kx // 2))
     wx = _gaussian_kernels(sigma, kx).repeat_interleave(ch, dim=0).view(bsz * ch, 1, 1, kx)
