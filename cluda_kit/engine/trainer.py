@@ -352,7 +352,7 @@ class Trainer:
         if cfg.train.compile:
             # in place (nn.Module.compile): parameter names and checkpoints are unchanged; after
             # the teacher / ImageNet copies were taken, so only the student's encoder is compiled
-            self.student.encoder.compile()
+            self.student.encoder.compile(dynamic=False)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.student, cfg.optim.lr, cfg.optim.weight_decay,
                          cfg.optim.head_lr_mult, cfg.optim.norm_decay),
