@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # spinning OpenMP threads slow the small shared CI machine down many times over
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# miniscapes class statistics are cached per session, not in the user's ~/.cache
+os.environ.setdefault("CLUDA_KIT_CACHE", tempfile.mkdtemp(prefix="cluda_kit_cache_"))
 
 _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from cluda_kit.data.miniscapes import (
     render_scene,
     sample_scene,
     scene_rngs,
+    stats_cache_dir,
 )
 
 SMALL = (64, 128)
@@ -128,6 +130,53 @@ def test_class_stats_match_rendered_labels():
         counts = np.bincount(lab.ravel(), minlength=256)
         assert st == {c: int(counts[c]) for c in range(NUM_CLASSES) if counts[c]}
         assert sum(st.values()) == lab.size - counts[255]
+
+
+def _loop_stats(ds):
+    out = []
+    for i in range(len(ds)):
+        counts = np.bincount(ds.render(i)[1].ravel(), minlength=256)
+        out.append({c: int(counts[c]) for c in range(NUM_CLASSES) if counts[c]})
+    return out
+
+
+def test_class_stats_workers_and_disk_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLUDA_KIT_CACHE", str(tmp_path))
+    ds = Miniscapes("game", "train", size=SMALL, length=12)
+    ref = _loop_stats(ds)
+    assert ds.class_stats(progress=False, workers=2) == ref
+    files = list(tmp_path.glob("miniscapes_stats_game_train_64x128_*.json"))
+    assert len(files) == 1 and len(json.loads(files[0].read_text())) == 12
+    # a fresh dataset with the same parameters reads the file and renders nothing
+    with monkeypatch.context() as m:
+        m.setattr(Miniscapes, "render", lambda *a, **k: pytest.fail("rendered despite the cache"))
+        assert Miniscapes("game", "train", size=SMALL, length=12).class_stats(progress=False) == ref
+    # every parameter that changes the labels is in the key
+    for other in (Miniscapes("game", "train", size=SMALL, length=11),
+                  Miniscapes("game", "train", size=SMALL, length=12, seed=1),
+                  Miniscapes("game", "train", size=(32, 64), length=12),
+                  Miniscapes("game", "val", size=SMALL, length=12)):
+        assert other.class_stats(progress=False, workers=0) == _loop_stats(other)
+    assert len(list(tmp_path.glob("*.json"))) == 5
+    # a damaged cache file is recomputed and rewritten, not trusted
+    files[0].write_text('[{"2": 5}]')
+    assert Miniscapes("game", "train", size=SMALL, length=12).class_stats(progress=False) == ref
+    assert len(json.loads(files[0].read_text())) == 12
+    files[0].write_text("not json")
+    assert Miniscapes("game", "train", size=SMALL, length=12).class_stats(progress=False) == ref
+    assert not list(tmp_path.glob("*.tmp"))
+    monkeypatch.setenv("CLUDA_KIT_CACHE", "off")
+    assert stats_cache_dir() is None
+    # computing the counts leaves the global RNG alone (a cache miss and a hit train alike)
+    for workers in (0, 2):
+        torch.manual_seed(7)
+        Miniscapes("sim", "train", size=SMALL, length=4).class_stats(progress=False, workers=workers)
+        after = torch.rand(3)
+        torch.manual_seed(7)
+        assert torch.equal(after, torch.rand(3))
+    monkeypatch.delenv("CLUDA_KIT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert stats_cache_dir() == tmp_path / "xdg" / "cluda_kit"
 
 
 def test_sim_never_has_terrain_truck_train():

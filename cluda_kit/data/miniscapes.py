@@ -54,21 +54,32 @@ Speed (CPU time of one thread on a shared 2-core machine, numpy + PIL, mean over
 image + label): 256x512 -- game ~4 ms, sim ~6.5 ms, real ~8.5 ms; labels only (``label_only``,
 used by ``class_stats``) ~3 ms, of which ~1.5 ms is the Python layout sampler. 128x256 -- game
 ~3 ms, sim ~3.8 ms, real ~4 ms.
+
+Rare class sampling needs ``class_stats()``: the pixel counts of every sample (2000 label
+renders for a train split, ~7 s on one core). They are computed once, in DataLoader workers when
+the split is large, and kept in a JSON cache (``$CLUDA_KIT_CACHE``, else
+``$XDG_CACHE_HOME/cluda_kit``, else ``~/.cache/cluda_kit``; ``CLUDA_KIT_CACHE=off`` disables it)
+keyed by the dataset's parameters and a hash of this file, so a change of the generator can
+never read stale counts -- the role of DAFormer's ``sample_class_stats.json`` for real datasets.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cluda_kit.data.labels import IGNORE_INDEX, NUM_CLASSES
@@ -1376,19 +1387,100 @@ class Miniscapes(Dataset):
             img_t, lab_t = self.transform(img_t, lab_t)
         return {"image": img_t, "label": lab_t, "name": self.name(i)}
 
-    def class_stats(self, progress: bool = True) -> list[dict[int, int]]:
+    def class_stats(self, progress: bool = True, workers: int | None = None) -> list[dict[int, int]]:
         """Per-sample pixel counts ``{trainId: count}`` (classes present only, 255 excluded).
 
-        Renders labels only (no appearance), at the dataset's size; computed once per dataset.
+        Renders labels only (no appearance), at the dataset's size; computed once per dataset and
+        cached on disk (module docstring). ``workers``: DataLoader worker processes for the
+        renders (default: up to 4 of the usable cores for 200 samples or more, else none); the
+        result does not depend on it.
         """
         if self._stats is None:
-            it = range(self.length)
-            if progress:
-                it = tqdm(it, desc=f"miniscapes {self.domain}/{self.split} class stats", leave=False)
-            stats = []
-            for i in it:
-                _, label = self.render(i, label_only=True)
-                counts = np.bincount(label.ravel(), minlength=256)[:NUM_CLASSES]
-                stats.append({int(c): int(counts[c]) for c in np.flatnonzero(counts)})
+            path = self._stats_cache_path()
+            stats = _read_stats(path, self.length) if path is not None else None
+            if stats is None:
+                stats = self._count_classes(progress, workers)
+                if path is not None:
+                    _write_stats(path, stats)
             self._stats = stats
         return [dict(s) for s in self._stats]
+
+    def _count_classes(self, progress: bool, workers: int | None) -> list[dict[int, int]]:
+        if workers is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            workers = min(4, cores) if self.length >= 200 and cores > 1 else 0
+        # its own generator: starting the iterator draws a seed, which must not come from the
+        # global RNG (a cache hit and a miss must leave the training's random draws alike)
+        loader = DataLoader(_LabelCounts(self), batch_size=None, num_workers=workers,
+                            collate_fn=_identity, prefetch_factor=16 if workers else None,
+                            generator=torch.Generator().manual_seed(0))
+        it = loader
+        if progress:
+            it = tqdm(loader, total=self.length, desc=f"miniscapes {self.domain}/{self.split} class stats",
+                      leave=False)
+        return [{int(c): int(counts[c]) for c in np.flatnonzero(counts)} for counts in it]
+
+    def _stats_cache_path(self) -> Path | None:
+        root = stats_cache_dir()
+        if root is None:
+            return None
+        key = json.dumps([self.domain, self.split, self.seed, self.length, list(self.size),
+                          repr(self.gap), _generator_hash()])
+        digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+        h, w = self.size
+        return root / f"miniscapes_stats_{self.domain}_{self.split}_{h}x{w}_{digest}.json"
+
+
+class _LabelCounts(Dataset):
+    """Item i: the pixel count of every trainId in the label of ``ds[i]`` (NUM_CLASSES,) int64."""
+
+    def __init__(self, ds: Miniscapes) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        _, label = self.ds.render(i, label_only=True)
+        return np.bincount(label.ravel(), minlength=256)[:NUM_CLASSES]
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def stats_cache_dir() -> Path | None:
+    """Where ``class_stats`` caches its counts (None: caching off)."""
+    env = os.environ.get("CLUDA_KIT_CACHE")
+    if env is not None:
+        return None if env.strip().lower() in ("", "0", "off", "none") else Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cluda_kit"
+
+
+@lru_cache(maxsize=1)
+def _generator_hash() -> str:
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def _read_stats(path: Path, length: int) -> list[dict[int, int]] | None:
+    """The cached counts, or None if absent or unreadable (then they are recomputed)."""
+    try:
+        raw = json.loads(path.read_text())
+        stats = [{int(c): int(n) for c, n in d.items()} for d in raw]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    if len(stats) != length or any(c < 0 or c >= NUM_CLASSES or n <= 0 for d in stats for c, n in d.items()):
+        return None
+    return stats
+
+
+def _write_stats(path: Path, stats: list[dict[int, int]]) -> None:
+    """Atomic write (temporary file + rename); a read-only cache is skipped silently."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps([{str(c): n for c, n in d.items()} for d in stats]))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
