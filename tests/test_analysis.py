@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cluda_kit.analysis import FeatureSet, cluster_measures, embed, extract_features, measures_table
-from cluda_kit.analysis.embedding import measures_rows
+from cluda_kit.analysis.embedding import UMAP_SMALL_DATA, exact_knn, measures_rows
 from cluda_kit.analysis.features import _ClassReservoir, patch_labels
 
 C = 5  # classes of the fake data
@@ -286,6 +286,45 @@ def test_embed_umap_runs_deterministic_and_separates():
         import numba
 
         assert numba.threading_layer() == "workqueue"  # libgomp's pool would slow t-SNE down ~40x
+
+
+def test_exact_knn_matches_a_loop_reference():
+    x = np.random.default_rng(3).normal(size=(60, 5)).astype(np.float32)
+    idx, dist = exact_knn(x, 7)
+    assert idx.shape == dist.shape == (60, 7) and idx.dtype == np.int64 and dist.dtype == np.float32
+    for i in range(60):
+        d = np.sqrt(((x.astype(np.float64) - x[i]) ** 2).sum(1))
+        order = np.argsort(d, kind="stable")[:7]
+        assert order[0] == i and np.array_equal(idx[i], order)
+        np.testing.assert_allclose(dist[i], d[order], atol=1e-5)
+
+
+def test_umap_gets_exact_neighbours_from_4096_points(monkeypatch):
+    import umap
+
+    seen, data = [], []
+
+    class Spy(umap.UMAP):
+        def fit_transform(self, X, *args, **kwargs):
+            seen.append(self.get_params())
+            data.append(np.asarray(X, dtype=np.float64))
+            return super().fit_transform(X, *args, **kwargs)
+
+    monkeypatch.setattr(umap, "UMAP", Spy)
+    x, labels = blobs(n_per=UMAP_SMALL_DATA // 4 + 1)
+    a = embed(x, "umap", seed=0, n_epochs=50)
+    idx, dist = seen[-1]["precomputed_knn"]
+    assert idx.shape == dist.shape == (len(x), 15)
+    for i in range(0, len(x), 97):  # the neighbours of what UMAP projects, by brute force
+        d = np.sqrt(((data[-1] - data[-1][i]) ** 2).sum(1))
+        assert np.array_equal(idx[i], np.argsort(d, kind="stable")[:15])
+    assert np.array_equal(a, embed(x, "umap", seed=0, n_epochs=50))
+    from sklearn.neighbors import NearestNeighbors
+
+    nearest = NearestNeighbors(n_neighbors=2).fit(a).kneighbors(a)[1][:, 1]
+    assert (labels[nearest] == labels).mean() > 0.99
+    embed(x[: UMAP_SMALL_DATA - 1], "umap", seed=0, n_epochs=20)  # umap-learn's own exact path
+    assert seen[-1]["precomputed_knn"] == (None, None, None)
 
 
 def test_embed_rejects_bad_input():

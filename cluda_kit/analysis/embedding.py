@@ -58,7 +58,8 @@ def embed(features: np.ndarray, method: str = "tsne", *, n_components: int = 2, 
         features: (N, D) feature vectors (numpy or anything ``np.asarray`` accepts).
         method: ``"tsne"`` (see ``backend``; PCA initialisation, automatic learning rate,
             perplexity 30 clipped to (N - 1) / 3), ``"umap"`` (umap-learn, ``n_neighbors=15``,
-            ``min_dist=0.1``) or ``"pca"`` (scikit-learn).
+            ``min_dist=0.1``; exact neighbours from :func:`exact_knn` for 4096 to 100k points) or
+            ``"pca"`` (scikit-learn).
         n_components: output dimension.
         seed: random state. All three methods are deterministic for a fixed seed on one machine:
             PCA uses the exact SVD; t-SNE (either backend) is seeded by ``random_state``; UMAP with a
@@ -73,7 +74,7 @@ def embed(features: np.ndarray, method: str = "tsne", *, n_components: int = 2, 
             initialisation, learning rate N/12, the same perplexity, all cores: ``n_jobs=-1``),
             ``"sklearn"`` (Barnes-Hut) or ``"auto"`` (the default: openTSNE when importable, else
             scikit-learn). openTSNE is the default because it is the faster tool: 20k points in
-            59 s against scikit-learn's 123 s, 50k in 98 s against > 300 s, on the 2-core test
+            45 s against scikit-learn's 122 s, 50k in 75 s against > 300 s, on the 2-core test
             machine (``python -m bench --only analysis``, bench/results/analysis.md). The two give
             different (equally valid) layouts; each is deterministic for a fixed seed and core
             count.
@@ -116,9 +117,34 @@ def embed(features: np.ndarray, method: str = "tsne", *, n_components: int = 2, 
 
     params = {"n_components": n_components, "n_neighbors": min(15, x.shape[0] - 1), "min_dist": 0.1,
               "random_state": seed, **kwargs}
+    if (x.shape[0] >= UMAP_SMALL_DATA and x.shape[0] <= EXACT_KNN_MAX and "precomputed_knn" not in kwargs
+            and params.get("metric", "euclidean") == "euclidean"):
+        params["precomputed_knn"] = exact_knn(x, params["n_neighbors"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="n_jobs value .* overridden", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning)
         return umap.UMAP(**params).fit_transform(x).astype(np.float32)
+
+
+UMAP_SMALL_DATA = 4096
+"""Below this many points umap-learn computes exact neighbours itself (its small-data path)."""
+EXACT_KNN_MAX = 100_000
+"""Up to this many points UMAP gets exact neighbours from :func:`exact_knn`; above, NN-descent."""
+
+
+def exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours (Euclidean, each point its own first neighbour) of x (N, D):
+    (indices (N, k) int64, distances (N, k) float32), by scikit-learn's chunked brute force.
+
+    For UMAP's ``precomputed_knn``: exact instead of NN-descent's approximate neighbours, and
+    faster up to ~10^5 points: UMAP of 20k points took 14.0 s with these against 42.6 s with
+    NN-descent, 50k 40.0 s against 69.0 s (plus a one-off numba compilation of 13-16 s in a fresh
+    process either way; ``python -m bench --only analysis``, bench/results/analysis.md).
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    dist, idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(x).kneighbors(x)
+    return idx.astype(np.int64), dist.astype(np.float32)
 
 
 def _other_domain_fraction(x: np.ndarray, domains: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
