@@ -44,7 +44,6 @@ from cluda_kit.engine.trainer import Trainer  # noqa: E402
 
 PRESETS = ("gta2cs_daformer_cluda", "gta2cs_hrda_cluda")
 AMPS = ("none", "bf16")
-CHECKPOINTING = (False, True)
 
 # Dense peak throughput (TFLOP/s, no sparsity) from NVIDIA's data sheets, for model FLOPs
 # utilisation. "none" is true fp32 (TF32 off), so its peak is the fp32 CUDA-core rate.

@@ -21,6 +21,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def host_tensor(data, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``data`` (numbers, nested lists, arrays) as a tensor on ``device``, built on the host and
+    copied without blocking it. ``torch.tensor(data, device="cuda")`` makes a blocking copy, a
+    host-device synchronisation inside the step (bench/README.md, "GPU path"); this does not."""
+    return torch.as_tensor(data, dtype=dtype).to(device, non_blocking=True)
+
+
 def set_deterministic(enabled: bool, device: torch.device | str | None = None) -> None:
     """Deterministic algorithms and no cuDNN autotuning (``train.deterministic``).
 

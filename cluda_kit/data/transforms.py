@@ -23,6 +23,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from cluda_kit.runtime import host_tensor
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -47,9 +49,8 @@ def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"expected images of shape (..., 3, H, W), got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"expected a float image tensor in [0, 1], got dtype {x.dtype}")
-    # built on the host and copied asynchronously: no host-device synchronisation on a GPU
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).to(x.device, non_blocking=True).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).to(x.device, non_blocking=True).view(3, 1, 1)
+    mean = host_tensor(IMAGENET_MEAN, x.device, x.dtype).view(3, 1, 1)
+    std = host_tensor(IMAGENET_STD, x.device, x.dtype).view(3, 1, 1)
     return mean, std
 
 

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..runtime import host_tensor
 from .heads import DAFormerHead
 from .segmentor import SegOutput, Segmentor
 
@@ -202,8 +203,8 @@ def max_entropy_window(context_logits: Tensor, image_size: tuple[int, int], wind
     wh, ww = min(wh, height), min(ww, width)
     # integral image: every window mean in one gather
     integral = F.pad(ent.double().cumsum(0).cumsum(1), (1, 0, 1, 0))
-    ys = torch.tensor(window_starts(height, wh, stride[0], divisible)).to(ent.device, non_blocking=True)
-    xs = torch.tensor(window_starts(width, ww, stride[1], divisible)).to(ent.device, non_blocking=True)
+    ys = host_tensor(window_starts(height, wh, stride[0], divisible), ent.device)
+    xs = host_tensor(window_starts(width, ww, stride[1], divisible), ent.device)
     y0, x0 = ys[:, None], xs[None, :]
     sums = integral[y0 + wh, x0 + ww] - integral[y0, x0 + ww] - integral[y0 + wh, x0] + integral[y0, x0]
     best = sums.flatten().argmax()

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..runtime import host_tensor
+
 __all__ = ["THING_CLASSES", "downscale_label_ratio", "feature_distance_loss"]
 
 # traffic light, traffic sign, person, rider, car, truck, bus, train, motorcycle, bicycle
@@ -122,7 +124,7 @@ def feature_distance_loss(
             f"feature_distance.py: labels {tuple(labels.shape[-2:])} downscaled by {scale} give "
             f"{tuple(cell_labels.shape[-2:])} cells, but the features are {h}×{w}"
         )
-    things = torch.as_tensor(list(thing_classes), dtype=cell_labels.dtype).to(cell_labels.device, non_blocking=True)
+    things = host_tensor(list(thing_classes), cell_labels.device, cell_labels.dtype)
     mask = torch.isin(cell_labels, things).to(torch.float32)
     diff = student_feat.float() - imnet_feat.detach().float()
     dist = torch.linalg.vector_norm(diff, ord=2, dim=1)  # (B, h, w)
