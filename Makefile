@@ -10,6 +10,17 @@ PYTEST_ARGS ?=
 # idle OpenMP threads must not spin: it slows small or shared CPUs down many times over
 export OMP_WAIT_POLICY ?= PASSIVE
 
+# torch's CUDA wheels unpack to about 7 GiB: say so up front when the disk is short, so that a
+# "No space left on device" from pip further down is not a mystery
+define DISK_CHECK
+import shutil, tempfile
+for where in (".", tempfile.gettempdir()):
+    free = shutil.disk_usage(where).free / 2**30
+    if free < 8:
+        print(f"warning: {free:.1f} GiB free in {where}; installing torch needs about 7 GiB")
+endef
+export DISK_CHECK
+
 .PHONY: install demo test test-fast notebooks bench clean-runs
 
 $(BIN)/python:
@@ -17,6 +28,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/python -c "$$DISK_CHECK"
 	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
