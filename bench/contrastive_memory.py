@@ -3,8 +3,9 @@ plain full-matrix autograd implementation (what the release does), forward + bac
 
 Every measurement runs in a fresh Python subprocess. On the CPU, peak memory is the growth of the
 process's resident set size (RSS) from just before the first call to its high-water mark
-(``ru_maxrss``); on CUDA it is ``torch.cuda.max_memory_allocated`` above what was allocated before
-the timed calls (after one warm-up call).
+(bench/memory.py: ``VmHWM``, reset just before; not ``ru_maxrss``, which a subprocess inherits
+from a larger parent); on CUDA it is ``torch.cuda.max_memory_allocated`` above what was allocated
+before the timed calls (after one warm-up call).
 
     python bench/contrastive_memory.py                      # N = 1000, 2000, 4000, 8450; D = 256
     python bench/contrastive_memory.py --json bench/results/contrastive_memory.json
@@ -17,11 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if not __package__:  # run as a file (python bench/contrastive_memory.py): find the bench package
+    sys.path.insert(0, str(REPO))
+
+from bench.memory import peak_rss_bytes, reset_peak_rss, rss_bytes  # noqa: E402
 
 IMPLS = ("plain", "kit")
 
@@ -44,16 +51,6 @@ def plain_contrastive_loss(features, labels, weights, temperature: float = 1.0, 
     log_prob = logits - torch.log(exp + neg_sum)
     per_anchor = (pos * (rho[:, None] * rho[None, :]) * log_prob).sum(1) / pos.sum(1).clamp_min(1)
     return -(temperature / base_temperature) * per_anchor.mean()
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def _maxrss_bytes() -> int:
-    scale = 1 if platform.system() == "Darwin" else 1024  # Linux reports KiB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def worker(impl: str, n: int, args) -> dict:
@@ -89,14 +86,15 @@ def worker(impl: str, n: int, args) -> dict:
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
         else:
-            before = _rss_bytes()
+            reset_peak_rss()
+            before = rss_bytes()
         for _ in range(args.repeats):
             start = time.perf_counter()
             loss, grad_norm = step()
             times.append(time.perf_counter() - start)
     except torch.OutOfMemoryError:
         return {"impl": impl, "n": n, "dim": args.dim, "oom": True}
-    peak = torch.cuda.max_memory_allocated() if cuda else _maxrss_bytes()
+    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()
     return {
         "impl": impl,
         "n": n,
@@ -113,11 +111,11 @@ def worker(impl: str, n: int, args) -> dict:
 
 def measure(impl: str, n: int, args) -> dict:
     cmd = [
-        sys.executable, __file__, "--worker", impl, "--sizes", str(n), "--dim", str(args.dim),
+        sys.executable, "-m", "bench.contrastive_memory", "--worker", impl, "--sizes", str(n), "--dim", str(args.dim),
         "--threads", str(args.threads), "--repeats", str(args.repeats), "--block-size", str(args.block_size),
         "--temperature", str(args.temperature), "--device", args.device,
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if out.returncode != 0:
         raise RuntimeError(f"bench/contrastive_memory.py worker {impl} N={n} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -5,7 +5,7 @@ Each (variant, device) runs in a fresh Python subprocess. A step is ``model(x)``
 
 - CPU: wall time and process CPU time per step (the machine may be shared; CPU time / threads is
   the better estimate of an idle machine's wall time), peak memory = growth of the resident set
-  size from before building the model to its high-water mark (``ru_maxrss``, so it includes the
+  size from before building the model to its high-water mark (bench/memory.py, so it includes the
   weights, gradients and the autograd graph).
 - ``OMP_WAIT_POLICY`` defaults to PASSIVE in the subprocesses (see ``main``).
 - CUDA (when available): synchronised wall time (median of ``--reps`` after 2 warm-ups) and
@@ -28,11 +28,16 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+if not __package__:  # run as a file (python bench/models.py): find the bench package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.memory import peak_rss_bytes, reset_peak_rss, rss_bytes  # noqa: E402
 
 # name -> ModelConfig fields (the rest are ModelConfig defaults)
 VARIANTS: dict[str, dict] = {
@@ -44,11 +49,6 @@ VARIANTS: dict[str, dict] = {
 
 #: default CPU subset (B1..B4 cost as much as B0 on a CPU: the 256-channel decoder dominates)
 CPU_DEFAULT = ("mit_b0", "mit_b5", "resnet101_deeplabv2", "mit_nano_demo")
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -73,7 +73,8 @@ def run_one(variant: str, device: str, size: tuple[int, int], batch: int, reps: 
     from cluda_kit.models import build_segmentor
 
     torch.set_num_threads(threads)
-    base_rss = _rss_bytes()
+    reset_peak_rss()
+    base_rss = rss_bytes()
     torch.manual_seed(0)
     fields = {**VARIANTS[variant], **(overrides or {})}
     model = build_segmentor(ModelConfig(**fields)).to(device).train()
@@ -107,7 +108,7 @@ def run_one(variant: str, device: str, size: tuple[int, int], batch: int, reps: 
         if wall < 3.0 and reps > 1:
             pairs = [step() for _ in range(reps)]
             walls, cpus = [p[0] for p in pairs], [p[1] for p in pairs]
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_rss_bytes()
         result.update(wall_s=statistics.median(walls), wall_min_s=min(walls),
                       cpu_s=statistics.median(cpus), timed_steps=len(walls),
                       peak_mem_mb=(peak - base_rss) / 2**20)

@@ -26,6 +26,18 @@ def test_compare_losses_flags_only_real_differences():
     assert compare_losses(old, old[:1]) == ["2 vs 1 steps"]
 
 
+def test_index_collects_every_section_in_suite_order(tmp_path):
+    """bench.md holds the latest table of every section in OUT, not only those of the last run."""
+    from bench.__main__ import write_index
+
+    (tmp_path / "analysis.md").write_text("## analysis\n\nA\n")
+    (tmp_path / "step.md").write_text("## step\n\nS\n")
+    (tmp_path / "notes.md").write_text("## not a section\n")
+    write_index(tmp_path)
+    md = (tmp_path / "bench.md").read_text()
+    assert md.index("## step") < md.index("## analysis") and "not a section" not in md
+
+
 @pytest.mark.slow
 def test_quick_suite_writes_json_and_markdown(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -36,7 +48,17 @@ def test_quick_suite_writes_json_and_markdown(tmp_path):
     for section in ("step", "contrastive", "data", "evaluation", "analysis"):
         record = json.loads((tmp_path / f"{section}.json").read_text())
         assert record["section"] == section and record["quick"] is True
-        assert f"## {section}" in md
+        assert record["command"].startswith("python -m bench --quick")
+        own = (tmp_path / f"{section}.md").read_text()
+        assert own.startswith(f"## {section}\n") and own in md
+    # --render rebuilds each section's markdown from its JSON alone, byte for byte
+    written = {p.name: p.read_text() for p in tmp_path.glob("*.md")}
+    for p in tmp_path.glob("*.md"):
+        p.unlink()
+    out = subprocess.run([sys.executable, "-m", "bench", "--render", "--out", str(tmp_path)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {p.name: p.read_text() for p in tmp_path.glob("*.md")} == written
     step = json.loads((tmp_path / "step.json").read_text())["result"]["rows"]
     cluda = next(r for r in step if r["preset"] == "miniscapes_cluda")
     # the trainer's record_function ranges were found: every phase of a CLUDA step is there
@@ -94,3 +116,27 @@ def test_methods_table_means_and_curves():
     assert "| a | 2 | 11.0 ± 1.4 | 10.0, 12.0 | 6 |" in md
     assert "| b | 1 | 20.0 ± 0.0 | 20.0 | 9 |" in md
     assert "| a | 5.0 | 11.0 |" in md and "| b | – | 20.0 |" in md
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_peak_rss_is_the_process_own_not_inherited_from_a_large_parent():
+    """The bug this guards against: ru_maxrss in a subprocess reported the parent's peak (1.2 GB
+    under ``python -m bench``), hiding every smaller peak of the contrastive benchmark."""
+    from bench.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+
+    big = bytearray(400 * 2**20)
+    big[::4096] = b"\1" * len(big[::4096])  # touch every page: RSS >= 400 MB here
+    code = "from bench.memory import peak_rss_bytes; print(peak_rss_bytes())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), check=True)
+    assert int(out.stdout) < 150 * 2**20  # a bare interpreter, not this 400 MB process
+    del big
+    # the high-water mark follows allocations and resets to the current RSS
+    reset_peak_rss()
+    base = rss_bytes()
+    block = bytearray(200 * 2**20)
+    block[::4096] = b"\1" * len(block[::4096])
+    grown = peak_rss_bytes() - base
+    del block
+    assert 190 * 2**20 < grown < 260 * 2**20
+    assert reset_peak_rss() and peak_rss_bytes() - rss_bytes() < 50 * 2**20
