@@ -1,7 +1,12 @@
 """Tests for cluda_kit.uda.contrastive against slow loop references written from METHOD.md."""
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -492,3 +497,28 @@ def test_cuda_follows_the_inputs_and_matches_cpu_float64():
     assert torch.equal(picks[0], picks[1]) and picks[0].device.type == "cuda"
     counts = torch.bincount(flat[picks[0]], minlength=256)
     assert counts[counts > 0].max() - counts[counts > 0].min() <= 1  # 4 classes, all larger than 10
+
+
+@pytest.mark.slow
+def test_release_size_takes_a_quarter_of_the_plain_memory_and_no_more_time(tmp_path):
+    """The memory contract at the release's size: 2 x 65 x 65 = 8450 anchors, 256 channels,
+    forward + backward on the CPU. Each implementation runs in a fresh process
+    (bench/contrastive_memory.py, peak = growth of the process's own RSS high-water mark); the
+    kit's loss must peak at most at a quarter of a plain full-matrix loss and take no more time,
+    with the same value and gradient."""
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "contrastive.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.contrastive_memory", "--sizes", "8450", "--dim", "256",
+         "--threads", "1", "--repeats", "3", "--json", str(out)],
+        cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(out.read_text())["rows"][0]
+    plain, kit = row["plain"], row["kit"]
+    # a plain (8450, 8450) fp32 matrix is 272 MiB, and autograd keeps several of them
+    assert plain["peak_mb"] > 1000, plain
+    assert kit["peak_mb"] <= 0.25 * plain["peak_mb"], (kit["peak_mb"], plain["peak_mb"])
+    assert kit["time_s"] <= plain["time_s"], (kit["time_s"], plain["time_s"])
+    assert kit["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    assert kit["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-5)
