@@ -99,12 +99,19 @@ def _prepare(args: argparse.Namespace) -> int:
     return int(fn(args.root, workers=args.workers) or 0)
 
 
-def _bench(args: argparse.Namespace) -> int:
-    import runpy
+def _bench(rest: list[str]) -> int:
+    """``python -m bench REST``: the suite lives in bench/ of the source checkout, next to this
+    package (an editable install), not in the installed package."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "__main__.py").is_file():
+        raise UsageError(f"the benchmark suite is bench/ of a source checkout and there is none next "
+                         f"to {root / 'cluda_kit'}; clone the repository, `pip install -e .` it and run "
+                         "`cluda-kit bench` (or `python -m bench`) from there")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from bench.__main__ import main as bench_main
 
-    sys.argv = ["bench", *args.rest]
-    runpy.run_module("bench", run_name="__main__")
-    return 0
+    return bench_main(rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=int, default=None)
     pr.set_defaults(func=_prepare)
 
-    b = sub.add_parser("bench", help="run the benchmark suite (python -m bench)")
-    b.add_argument("rest", nargs=argparse.REMAINDER)
-    b.set_defaults(func=_bench)
+    # listed for --help only: main() hands everything after `bench` to the suite's own parser
+    # (an argparse.REMAINDER positional refuses a leading option such as --only)
+    sub.add_parser("bench", help="run the benchmark suite (python -m bench; cluda-kit bench --help)",
+                   add_help=False)
     return p
 
 
@@ -170,7 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     # OpenMP threads that spin while waiting slow a shared or small CPU down many times over
     # (a 0.4 s step took 7 s on a loaded 2-core machine); it must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if command is not None and argv[command] == "bench":
+        args = argparse.Namespace(debug="--debug" in argv[:command],
+                                  func=lambda _: _bench(argv[command + 1:]))
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (UsageError, FileNotFoundError, ValueError, RuntimeError) as err:

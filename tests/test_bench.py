@@ -140,3 +140,25 @@ def test_peak_rss_is_the_process_own_not_inherited_from_a_large_parent():
     del block
     assert 190 * 2**20 < grown < 260 * 2**20
     assert reset_peak_rss() and peak_rss_bytes() - rss_bytes() < 50 * 2**20
+
+
+def test_cluda_kit_bench_hands_every_argument_to_the_suite(tmp_path, capsys, monkeypatch):
+    """`cluda-kit bench --only data ...` is `python -m bench --only data ...` (an argparse
+    REMAINDER refused the leading option), from any directory; without a source checkout next to
+    the package it says so in one line."""
+    from cluda_kit import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "--only", "data", "--quick", "--out", str(tmp_path / "out")]) == 0
+    record = json.loads((tmp_path / "out" / "data.json").read_text())
+    assert record["command"] == f"python -m bench --only data --quick --out {tmp_path / 'out'}"
+    assert (tmp_path / "out" / "data.md").read_text() in (tmp_path / "out" / "bench.md").read_text()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--help"])
+    assert exc.value.code == 0 and "--only ONLY" in capsys.readouterr().out
+
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "cluda_kit" / "cli.py"))
+    assert cli.main(["bench", "--only", "data"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cluda-kit: error: the benchmark suite is bench/ of a source checkout")
+    assert len(err.splitlines()) == 1 and str(tmp_path / "site-packages" / "cluda_kit") in err
