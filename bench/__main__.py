@@ -16,8 +16,9 @@ Every section writes ``OUT/<section>.json`` (the measurements, the command, the 
 load average, torch version) and ``OUT/<section>.md`` (its table, rendered from that JSON), so a
 run of some sections leaves the others' results alone; ``OUT/bench.md`` collects the tables of the
 latest result of every section in OUT. ``--render`` rewrites the markdown from the JSON already in
-OUT. ``--quick`` runs tiny sizes (the test suite uses it). OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``, as the
-``cluda-kit`` command sets it): spinning threads slow a shared 2-core machine down many times over.
+OUT. ``--quick`` runs tiny sizes (the test suite uses it). OpenMP threads wait passively
+(``OMP_WAIT_POLICY=PASSIVE``, as the ``cluda-kit`` command sets it): spinning threads slow a
+shared 2-core machine down many times over.
 """
 from __future__ import annotations
 
@@ -54,8 +55,7 @@ def section_step(quick: bool) -> dict:
     steps, warmup = (2, 1) if quick else (8, 2)
     overrides = QUICK_OVERRIDES if quick else ()
     rows = [phase_breakdown(p, steps=steps, warmup=warmup, overrides=overrides) for p in FAMILIES]
-    result = {"rows": rows, "overrides": list(overrides), "steps": steps, "warmup": warmup}
-    return result
+    return {"rows": rows, "overrides": list(overrides), "steps": steps, "warmup": warmup}
 
 
 def step_table(result: dict) -> str:

@@ -99,8 +99,8 @@ def _prepare(args: argparse.Namespace) -> int:
     return int(fn(args.root, workers=args.workers) or 0)
 
 
-def _bench(rest: list[str]) -> int:
-    """``python -m bench REST``: the suite lives in bench/ of the source checkout, next to this
+def _bench(args: argparse.Namespace) -> int:
+    """``python -m bench ARGS``: the suite lives in bench/ of the source checkout, next to this
     package (an editable install), not in the installed package."""
     root = Path(__file__).resolve().parent.parent
     if not (root / "bench" / "__main__.py").is_file():
@@ -111,7 +111,7 @@ def _bench(rest: list[str]) -> int:
         sys.path.insert(0, str(root))
     from bench.__main__ import main as bench_main
 
-    return bench_main(rest)
+    return bench_main(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
     if command is not None and argv[command] == "bench":
-        args = argparse.Namespace(debug="--debug" in argv[:command],
-                                  func=lambda _: _bench(argv[command + 1:]))
+        args = argparse.Namespace(debug="--debug" in argv[:command], func=_bench, rest=argv[command + 1:])
     else:
         args = build_parser().parse_args(argv)
     try:

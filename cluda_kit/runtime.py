@@ -21,6 +21,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def generator_device(generator: torch.Generator | None) -> torch.device:
+    """The device a random draw from ``generator`` is made on (the CPU's default generator for None)."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    """U[0, 1) float32 numbers of ``shape`` drawn on the generator's device and moved to ``device``
+    without blocking the host (a blocking copy would be a host-device synchronisation in the step)."""
+    return torch.rand(shape, generator=generator, device=generator_device(generator)).to(device, non_blocking=True)
+
+
 def host_tensor(data, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``data`` (numbers, nested lists, arrays) as a tensor on ``device``, built on the host and
     copied without blocking it. ``torch.tensor(data, device="cuda")`` makes a blocking copy, a

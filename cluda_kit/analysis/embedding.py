@@ -117,7 +117,7 @@ def embed(features: np.ndarray, method: str = "tsne", *, n_components: int = 2, 
 
     params = {"n_components": n_components, "n_neighbors": min(15, x.shape[0] - 1), "min_dist": 0.1,
               "random_state": seed, **kwargs}
-    if (x.shape[0] >= UMAP_SMALL_DATA and x.shape[0] <= EXACT_KNN_MAX and "precomputed_knn" not in kwargs
+    if (UMAP_SMALL_DATA <= x.shape[0] <= EXACT_KNN_MAX and "precomputed_knn" not in kwargs
             and params.get("metric", "euclidean") == "euclidean"):
         params["precomputed_knn"] = exact_knn(x, params["n_neighbors"])
     with warnings.catch_warnings():

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..runtime import host_tensor
+from ..runtime import generator_device, host_tensor
 from .heads import DAFormerHead
 from .segmentor import SegOutput, Segmentor
 
@@ -127,9 +127,8 @@ def random_window(size: tuple[int, int], crop: tuple[int, int], divisible: int =
     """
     (height, width), (ch, cw) = size, crop
     ch, cw = min(ch, height), min(cw, width)
-    dev = generator.device if generator is not None else torch.device("cpu")
     high = torch.tensor([(height - ch) // divisible + 1, (width - cw) // divisible + 1])
-    draws = (torch.rand(2, generator=generator, device=dev).cpu() * high).long().clamp_max(high - 1)
+    draws = (torch.rand(2, generator=generator, device=generator_device(generator)).cpu() * high).long().clamp_max(high - 1)
     y0, x0 = (int(v) * divisible for v in draws)
     return y0, x0, y0 + ch, x0 + cw
 

@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..runtime import generator_device
+
 __all__ = [
     "NORM_EPS",
     "balanced_anchor_indices",
@@ -97,10 +99,6 @@ def resize_for_contrast(
 # ----------------------------------------------------------------------------------------------
 # Anchor sampling
 # ----------------------------------------------------------------------------------------------
-def _rng_device(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
-
-
 def _class_quota(counts: list[int], budget: int, generator: torch.Generator | None) -> list[int]:
     """Max-min fair split of ``budget`` anchors over classes holding ``counts`` pixels.
 
@@ -119,7 +117,7 @@ def _class_quota(counts: list[int], budget: int, generator: torch.Generator | No
             continue
         level, extra = divmod(rest, left)
         tail = order[pos:]
-        lucky = torch.randperm(left, generator=generator, device=_rng_device(generator))[:extra].tolist()
+        lucky = torch.randperm(left, generator=generator, device=generator_device(generator))[:extra].tolist()
         for cls in tail:
             quota[cls] = level
         for k in lucky:
@@ -150,7 +148,7 @@ def balanced_anchor_indices(
         return torch.arange(n, device=labels.device)
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     quota = torch.tensor(_class_quota(counts.tolist(), max_anchors, generator), device=labels.device)
-    shuffled = torch.randperm(n, generator=generator, device=_rng_device(generator)).to(labels.device)
+    shuffled = torch.randperm(n, generator=generator, device=generator_device(generator)).to(labels.device)
     # Group the shuffled pixels by class (stable, so the order inside a class stays random) and keep
     # the first quota[c] of each class.
     grouped = shuffled[torch.argsort(inverse[shuffled], stable=True)]

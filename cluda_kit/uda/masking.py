@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from ..runtime import uniform
+
 __all__ = ["block_mask", "mask_images"]
 
 
@@ -59,9 +61,7 @@ def block_mask(
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"masking.py: ratio must be in [0, 1]; got {ratio}")
     gh, gw = math.ceil(h / block_size), math.ceil(w / block_size)
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    u = torch.rand((b, 1, gh, gw), generator=generator, device=gen_device).to(device, non_blocking=True)
-    keep = (u >= ratio).to(dtype)
+    keep = (uniform((b, 1, gh, gw), generator, device) >= ratio).to(dtype)
     keep = keep.repeat_interleave(block_size, dim=2).repeat_interleave(block_size, dim=3)
     return keep[:, :, :h, :w].contiguous()
 

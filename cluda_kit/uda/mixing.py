@@ -16,6 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..runtime import uniform
+
 __all__ = [
     "class_mix_masks",
     "mix",
@@ -29,13 +31,6 @@ __all__ = [
 
 _LABEL_SLOTS = 256  # label values class_mix_masks accepts: trainIds and the ignore value 255
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
-
-
-def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """U[0, 1) float32 numbers drawn on the generator's device (CPU without one), moved to ``device``
-    (asynchronously: the host does not wait for the GPU)."""
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    return torch.rand(shape, generator=generator, device=gen_device).to(device, non_blocking=True)
 
 
 def _check_images(images: torch.Tensor, name: str = "images") -> None:
@@ -96,7 +91,7 @@ def class_mix_masks(
     n = present.sum(dim=1, keepdim=True)
     k = (n + 1) // 2  # ⌈n/2⌉
     # A uniformly random ranking of the present classes; the k best-ranked are chosen.
-    keys = _rand(tuple(present.shape), generator, labels.device).masked_fill(~present, 2.0)
+    keys = uniform(tuple(present.shape), generator, labels.device).masked_fill(~present, 2.0)
     rank = keys.argsort(dim=1).argsort(dim=1)
     chosen = (present & (rank < k)).expand(b, -1)
     return chosen.gather(1, flat).reshape(b, 1, h, w).to(torch.float32)
@@ -341,11 +336,11 @@ def strong_augment(
     _check_images(images)
     bsz, _, h, w = images.shape
     device = images.device
-    draws = _rand((2,), generator, torch.device("cpu"))
-    factors = _rand((bsz, 3), generator, device)
-    hue = _rand((bsz,), generator, device)
-    order = _rand((bsz, 4), generator, torch.device("cpu")).argsort(dim=1)
-    sigma_u = _rand((bsz,), generator, device)
+    draws = uniform((2,), generator, torch.device("cpu"))
+    factors = uniform((bsz, 3), generator, device)
+    hue = uniform((bsz,), generator, device)
+    order = uniform((bsz, 4), generator, torch.device("cpu")).argsort(dim=1)
+    sigma_u = uniform((bsz,), generator, device)
 
     out = images
     if draws[0].item() < color_jitter_p:
