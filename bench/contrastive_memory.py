@@ -34,7 +34,7 @@ IMPLS = ("plain", "kit")
 
 
 def plain_contrastive_loss(features, labels, weights, temperature: float = 1.0, base_temperature: float = 1.0):
-    """Full (N, N) matrix under autograd: METHOD.md section 2, default mode without ignore pixels."""
+    """Full (N, N) matrix under autograd: docs/method.md §5, default mode without ignore pixels."""
     import torch
     import torch.nn.functional as F
 

@@ -1,7 +1,7 @@
 """Typed configuration: frozen dataclasses, YAML presets and dotted overrides.
 
 A configuration has six sections, ``data``, ``model``, ``uda``, ``loss``, ``optim`` and ``train``.
-Every number of METHOD.md is a field whose default is the paper value; the paper symbol is in the
+Every number of docs/method.md is a field whose default is the paper value; the paper symbol is in the
 comment next to it. Presets live in ``cluda_kit/configs/*.yaml``; a preset may name a ``base:``
 preset whose values it overrides. Unknown keys and wrongly typed values are errors that name the
 file and the key::

@@ -18,7 +18,7 @@
 # target image. Every step builds a **mixed image**: some classes of a labelled *source* image are
 # cut out and pasted onto an unlabelled *target* image. The mixed image gets a mixed label — ground
 # truth on the pasted pixels, the teacher's pseudo-labels elsewhere — and is strongly augmented
-# before the student sees it. This notebook takes the two steps apart (METHOD.md §1, steps 5–6):
+# before the student sees it. This notebook takes the two steps apart (docs/method.md §2, steps 5–6):
 #
 # 1. **ClassMix** — choose ⌈n/2⌉ of the n classes present in a source label, build the binary mask
 #    M of their pixels and mix: $x_{mix} = M\,x_s + (1-M)\,x_t$, $y_{mix} = M\,y_s + (1-M)\,\hat y_t$,

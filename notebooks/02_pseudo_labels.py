@@ -16,7 +16,7 @@
 #
 # The target domain has no labels. Self-training lets a **teacher** network label the target images
 # and trains the **student** on those pseudo-labels (mixed with source pixels, notebook 01).
-# Three design choices of DACS/DAFormer keep this from collapsing (METHOD.md §1, steps 1 and 4):
+# Three design choices of DACS/DAFormer keep this from collapsing (docs/method.md §2, steps 0 and 4):
 #
 # * **EMA teacher.** The teacher is an exponential moving average of the student:
 #   φ ← α_t φ + (1 − α_t) θ with α_t = min(1 − 1/(t+1), α) and α = 0.999. It changes slowly, so its

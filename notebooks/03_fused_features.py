@@ -15,7 +15,7 @@
 # # 03 · The fused feature map: where CLUDA's contrastive loss taps in
 #
 # CLUDA does not contrast the encoder's features, nor the logits: it contrasts the **multi-level
-# fused feature** of the DAFormer decoder (METHOD.md §2). This notebook follows an image through
+# fused feature** of the DAFormer decoder (docs/method.md §5). This notebook follows an image through
 # the network and prints the shape at every step:
 #
 # 1. The **encoder** (a Mix Transformer, MiT) returns four stage maps at strides 4, 8, 16 and 32

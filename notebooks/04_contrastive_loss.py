@@ -18,7 +18,7 @@
 # class should have similar features, pixels of different classes dissimilar ones — across the
 # source and the mixed (source + pseudo-labelled target) images. Flatten the B·h·w pixels,
 # normalise u_i = F_i / ‖F_i‖ and let z_ij = u_i·u_j / τ. Positives P_ij = [y_i = y_j, i ≠ j],
-# negatives N_ij = [y_i ≠ y_j] (METHOD.md §2):
+# negatives N_ij = [y_i ≠ y_j] (docs/method.md §5):
 #
 # $$\ell_{ij} = z_{ij} - \log\Big(e^{z_{ij}} + \sum_k N_{ik}\, e^{z_{ik}}\Big), \qquad
 #   L = -\frac{\tau}{\tau_b}\,\frac{1}{M}\sum_i \frac{\sum_j P_{ij}\,\omega_{ij}\,\ell_{ij}}{\max(1, \sum_j P_{ij})}$$

@@ -16,7 +16,7 @@
 #
 # Notebooks 01–04 took the CLUDA step apart. Here the `Trainer` runs all of it — EMA teacher,
 # source cross-entropy, feature distance, pseudo-labels and q, ClassMix, strong augmentation, the
-# mixed cross-entropy and the two contrastive losses, one AdamW step (METHOD.md §1–2) — with a
+# mixed cross-entropy and the two contrastive losses, one AdamW step (docs/method.md §2) — with a
 # **live loss / mIoU plot** and a progress bar, then **resumes** the run from its directory and
 # ends with the per-class IoU table and prediction figures.
 #
@@ -58,7 +58,7 @@ from cluda_kit.engine.trainer import Trainer, lr_at, print_summary
 # %% [markdown]
 # ## The paper's settings
 #
-# Every number of METHOD.md is a config field whose preset value is the paper's. The paper preset:
+# Every number of docs/method.md is a config field whose preset value is the paper's. The paper preset:
 
 # %%
 # NBVAL_CHECK_OUTPUT

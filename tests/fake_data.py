@@ -6,7 +6,7 @@
 * Cityscapes: ``leftImg8bit/{split}/{city}/{city}_NNNNNN_000019_leftImg8bit.png`` and
   ``gtFine/{split}/{city}/..._gtFine_labelIds.png`` and/or ``..._gtFine_polygons.json``.
 
-The reference maps below are typed in from METHOD.md ("Data"), not taken from the library.
+The reference maps below are typed in from docs/method.md §3, not taken from the library.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# METHOD.md: GTA5 / Cityscapes labelIds 7,8,11,... -> trainIds 0..18; SYNTHIA ids 3,4,2,... -> 0..18
+# docs/method.md §3: GTA5 / Cityscapes labelIds 7,8,11,... -> trainIds 0..18;
+# SYNTHIA ids 3,4,2,... -> 0..18
 CS_TRAIN_LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
 SYNTHIA_TRAIN_IDS = [3, 4, 2, 21, 5, 7, 15, 9, 6, 16, 1, 10, 17, 8, 18, 19, 20, 12, 11]
 

@@ -1,4 +1,4 @@
-"""Tests for cluda_kit.uda.contrastive against slow loop references written from METHOD.md."""
+"""Tests for cluda_kit.uda.contrastive against slow loop references written from docs/method.md §5-6."""
 from __future__ import annotations
 
 import json

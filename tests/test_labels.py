@@ -7,7 +7,7 @@ from cityscapesscripts.helpers.labels import labels as cs_labels
 
 from cluda_kit.data import labels as L
 
-# METHOD.md, "Data": the numbers the maps must reproduce
+# docs/method.md §3: the numbers the maps must reproduce
 GTA_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
 SYNTHIA_IDS = [3, 4, 2, 21, 5, 7, 15, 9, 6, 16, 1, 10, 17, 8, 18, 19, 20, 12, 11]
 NAMES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",

@@ -10,7 +10,7 @@ Everything label-related in the kit goes through this module:
   -> 0..18, every other id (unlabeled 0, ego vehicle 1, ..., parking 9, caravan 29, trailer 30,
   license plate -1) -> 255.
 - ``synthia_to_train_ids``: SYNTHIA-RAND-CITYSCAPES class ids (the R channel of its 16-bit label
-  PNGs) -> trainIds (METHOD.md, "Data"):
+  PNGs) -> trainIds (docs/method.md §3):
 
   ======  ==============  =======================
   SYNTHIA  SYNTHIA name    trainId
@@ -71,7 +71,7 @@ CLASSES: tuple[str, ...] = tuple(lab.name for lab in _TRAIN_LABELS)
 #: (19, 3) uint8 official Cityscapes colours in trainId order.
 PALETTE: np.ndarray = np.array([lab.color for lab in _TRAIN_LABELS], dtype=np.uint8)
 PALETTE.setflags(write=False)
-#: "Thing" classes (countable objects) used by the ImageNet feature distance (METHOD.md 1.3).
+#: "Thing" classes (countable objects) used by the ImageNet feature distance (docs/method.md §4).
 THING_CLASSES: tuple[int, ...] = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
 #: trainIds never present in SYNTHIA: terrain, truck, train.
 SYNTHIA_MISSING: tuple[int, ...] = (9, 14, 16)
@@ -88,7 +88,7 @@ CITYSCAPES_ID_TO_TRAIN_ID: dict[int, int] = {
 #: trainId -> Cityscapes labelId (for writing results in the official format).
 TRAIN_ID_TO_CITYSCAPES_ID: dict[int, int] = {lab.trainId: lab.id for lab in _TRAIN_LABELS}
 
-#: SYNTHIA-RAND-CITYSCAPES class id -> trainId, from METHOD.md's list
+#: SYNTHIA-RAND-CITYSCAPES class id -> trainId, from the list in docs/method.md §3
 #: 3,4,2,21,5,7,15,9,6,16,1,10,17,8,18,19,20,12,11 -> 0..18; ids 0..22 are the known SYNTHIA ids.
 _SYNTHIA_ORDER = (3, 4, 2, 21, 5, 7, 15, 9, 6, 16, 1, 10, 17, 8, 18, 19, 20, 12, 11)
 SYNTHIA_ID_TO_TRAIN_ID: dict[int, int] = {

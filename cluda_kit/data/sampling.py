@@ -83,7 +83,7 @@ def rcs_probabilities(class_pixel_counts: Any, temperature: float = 0.01) -> tor
     """RCS class probabilities P(c) = softmax((1 - f_c) / T) over the classes present.
 
     f_c is the class frequency: pixels of c divided by the pixels of all classes present
-    (METHOD.md, "Rare class sampling"; DAFormer's ``get_rcs_class_probs``).
+    (docs/method.md §3; DAFormer's ``get_rcs_class_probs``).
 
     Args:
         class_pixel_counts: total pixels per class, a (C,) tensor / array / sequence, or a mapping

@@ -5,7 +5,7 @@ Every function here works on the tensors of the common sample dict:
 * ``image``: ``torch.uint8`` of shape (3, H, W), RGB;
 * ``label``: ``torch.int64`` of shape (H, W), trainIds with 255 = ignore.
 
-The geometric transforms follow the DAFormer / mmseg data pipeline that METHOD.md ("Data") describes:
+The geometric transforms follow the DAFormer / mmseg data pipeline that docs/method.md §3 describes:
 ``Resize(img_scale, keep_ratio=True)`` -> ``RandomCrop(crop_size, cat_max_ratio)`` ->
 ``RandomFlip(0.5)`` -> ``Pad(crop_size, image 0, label 255)``.  Random functions take an optional
 ``torch.Generator`` so a data stream can be replayed bit-identically (see :mod:`cluda_kit.data.sampling`).

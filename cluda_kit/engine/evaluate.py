@@ -1,6 +1,6 @@
 """Segmentation evaluation: confusion matrix, IoU / mIoU, whole-image and sliding-window inference.
 
-Protocol (METHOD.md, "Evaluation"): intersection and union are accumulated per class over the whole
+Protocol (docs/method.md §8): intersection and union are accumulated per class over the whole
 evaluation set in one C×C confusion matrix (rows = ground truth, columns = prediction);
 ground-truth pixels equal to the ignore index (255) are skipped; classes whose union is 0 get IoU nan and are
 skipped by the mean (nan-mean). Synthia results are the mean over the 16- or 13-class trainId

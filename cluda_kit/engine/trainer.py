@@ -1,4 +1,5 @@
-"""The UDA trainer: METHOD.md's numbered self-training step, the fit loop, checkpoints and resume.
+"""The UDA trainer: the numbered self-training step (docs/method.md §2), the fit loop, checkpoints
+and resume.
 
 One iteration of :meth:`Trainer.step` (batch B source + B target):
 

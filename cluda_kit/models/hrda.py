@@ -1,4 +1,4 @@
-"""HRDA multi-resolution wrapper around any :class:`Segmentor` (METHOD.md section 3).
+"""HRDA multi-resolution wrapper around any :class:`Segmentor` (docs/method.md §6).
 
 Training (``forward`` with the module in train mode, or ``inference=False``), input crop x (B, 3, H, W):
 
@@ -19,8 +19,8 @@ Training (``forward`` with the module in train mode, or ``inference=False``), in
   ``canvas`` places the detail logits into a zero map at the window's grid position and ``up`` is a
   bilinear resize (align_corners=False) to the grid. Outside the window fused == up(context) exactly.
   (The release multiplies (1 - a) into the context logits before upsampling and masks a before
-  upsampling; here the mask is applied on the fused grid, which is METHOD.md's formula and keeps
-  the "context outside the window" property exact. Inside the window the two agree.)
+  upsampling; here the mask is applied on the fused grid, which is the formula of docs/method.md §6
+  and keeps the "context outside the window" property exact. Inside the window the two agree.)
 - ``feat_weighter`` (optional, CLUDA): the same kind of head with one output channel and a sigmoid,
   giving the per-pixel weight map w (B, 1, hc, wc) of the learned-weighted contrastive loss; it
   is only used by that loss, so only that loss trains it.

@@ -1,11 +1,11 @@
-"""CLUDA pixel contrastive loss on fused features (METHOD.md sections 2 and 3).
+"""CLUDA pixel contrastive loss on fused features (docs/method.md §5 and §6).
 
 Public functions
 ----------------
 - :func:`resize_for_contrast` puts features (bilinear), labels (nearest) and pixel weights (bilinear)
   on the contrastive grid (the release: 65x65, ``align_corners=True``).
-- :func:`pixel_contrastive_loss` is the single-resolution loss of section 2.
-- :func:`multi_resolution_contrastive_loss` is the learned-weighted LR/HR form of section 3.
+- :func:`pixel_contrastive_loss` is the single-resolution loss of docs/method.md §5.
+- :func:`multi_resolution_contrastive_loss` is the learned-weighted LR/HR form of §6.
 - :func:`balanced_anchor_indices` is the class-balanced anchor sampler behind ``max_anchors``.
 
 With N pixels, u_i = F_i/||F_i||, z_ij = u_i.u_j/tau, positives P_ij = [y_i = y_j, i != j] and
@@ -456,7 +456,7 @@ def pixel_contrastive_loss(
     generator: torch.Generator | None = None,
     block_size: int = 1024,
 ) -> Tensor:
-    """CLUDA pixel contrastive loss on fused features (METHOD.md section 2).
+    """CLUDA pixel contrastive loss on fused features (docs/method.md §5).
 
     With the B*h*w pixels flattened, u_i = F_i/||F_i||, z_ij = u_i.u_j/tau,
     P_ij = [y_i = y_j, i != j], N_ij = [y_i != y_j], w_ij = rho_i rho_j::
@@ -529,7 +529,7 @@ def multi_resolution_contrastive_loss(
     generator: torch.Generator | None = None,
     block_size: int = 1024,
 ) -> Tensor:
-    """CLUDA's learned-weighted multi-resolution contrastive loss (METHOD.md section 3).
+    """CLUDA's learned-weighted multi-resolution contrastive loss (docs/method.md §6).
 
     u_i: normalised context (LR) feature, v_j: normalised detail (HR) feature on the same grid
     (zero outside the detail window). For a pair of feature sets (a, b)::
@@ -545,7 +545,7 @@ def multi_resolution_contrastive_loss(
         L = loss_weight (tau/tau_b) (1/M) sum_i -[sum_j P_ij w_ij term_ij] / max(1, sum_j P_ij)
 
     P, N, rho, w_ij = rho_i rho_j and M as in :func:`pixel_contrastive_loss`. The (tau/tau_b)
-    factor is the one of section 2 (1 in the release, which has no temperature here); with it,
+    factor is the one of §5 (1 in the release, which has no temperature here); with it,
     w c = 1 everywhere gives exactly ``loss_weight * pixel_contrastive_loss(lr_features, ...)``.
     Gradients flow to both feature maps and to ``weight_map`` (the weight head learns only here).
 
@@ -561,7 +561,7 @@ def multi_resolution_contrastive_loss(
             :func:`pixel_contrastive_loss`.
         loss_weight: the 0.5 in front of the loss.
         official_compat: the release's quirks: gate c_i = inside the window AND label != 0 (road
-            never gets the LR-LR term), 255 is a class, and the pixel pairing of section 2 (labels,
+            never gets the LR-LR term), 255 is a class, and the pixel pairing of §5 (labels,
             weights, weight_map and gate are image-major scalars paired with pixel-major features).
 
     Returns:

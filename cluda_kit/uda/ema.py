@@ -1,4 +1,4 @@
-"""Mean teacher: an exponential moving average of the student (METHOD.md section 1, step 1).
+"""Mean teacher: an exponential moving average of the student (docs/method.md §2, step 0).
 
 φ ← α_t·φ + (1 − α_t)·θ with α_t = min(1 − 1/(t+1), α), α = 0.999; at t = 0 the teacher is a copy.
 

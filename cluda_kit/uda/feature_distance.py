@@ -1,4 +1,4 @@
-"""ImageNet feature distance on thing classes (DAFormer; METHOD.md section 1, step 3).
+"""ImageNet feature distance on thing classes (DAFormer; docs/method.md §4).
 
 A frozen ImageNet-initialised encoder sees the same source image as the student. On the last encoder
 stage (stride 32) d(p) = ‖f_student(p) − f_imagenet(p)‖₂; the loss λ_FD · mean d over the cells whose

@@ -1,4 +1,4 @@
-"""MIC masked image consistency: random block masks (METHOD.md section 5, optional).
+"""MIC masked image consistency: random block masks (docs/method.md §2, MIC; optional).
 
 The target image is colour-jittered and blurred (``mixing.strong_augment``), normalised, and then a
 random 70 % of its b×b blocks are zeroed (b = 64, or 32 for 512 crops); the student is trained on it

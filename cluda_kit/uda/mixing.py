@@ -1,4 +1,4 @@
-"""ClassMix domain mixing and the strong augmentation of the mixed image (METHOD.md section 1, steps 5-6).
+"""ClassMix domain mixing and the strong augmentation of the mixed image (docs/method.md §2, steps 5-6).
 
 All functions are pure and batched. Images are float RGB in [0, 1] with shape (B, 3, H, W) — the
 trainer keeps them in that range through mixing and augmentation and normalises right before a

@@ -1,4 +1,4 @@
-"""Teacher pseudo-labels with the confidence weight q and zeroed margins (METHOD.md section 1, step 4).
+"""Teacher pseudo-labels with the confidence weight q and zeroed margins (docs/method.md §2, step 4).
 
 The teacher's logits are turned into hard labels ŷ = argmax softmax and a per-pixel weight: one scalar
 q for the whole batch (the fraction of its pixels with max probability ≥ τ = 0.968), zero in the
