@@ -80,9 +80,24 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-__all__ = ["load_pretrained", "read_checkpoint", "to_kit_layout", "LoadReport"]
+__all__ = ["load_pretrained", "read_checkpoint", "to_kit_layout", "LoadReport", "KIT_WEIGHTS",
+           "kit_weights_path"]
 
 _HUB_PREFIXES = ("hf:", "torchvision:")
+KIT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+"""Weights the kit ships (``kit:NAME`` = ``KIT_WEIGHTS / NAME.pt``, each with ``NAME.pt.json``, its
+provenance record): the demo's fractal-pretrained encoder, made by ``cluda-kit pretrain``."""
+
+
+def kit_weights_path(name: str) -> Path:
+    """The file of the shipped weights ``name`` (``kit:`` prefix optional); FileNotFoundError
+    listing what ships if there is none."""
+    name = name[len("kit:"):] if name.startswith("kit:") else name
+    path = KIT_WEIGHTS / f"{name}.pt"
+    if not path.is_file():
+        have = sorted(p.stem for p in KIT_WEIGHTS.glob("*.pt"))
+        raise FileNotFoundError(f"no shipped weights 'kit:{name}' ({path}); the kit ships {have}")
+    return path
 
 
 @dataclass
@@ -101,12 +116,15 @@ class LoadReport:
 # ------------------------------------------------------------------------------- reading files
 def read_checkpoint(path_or_name: str | Path) -> dict:
     """Read a checkpoint file (``.pth``/``.pt``/``.bin`` via ``torch.load``, ``.safetensors``
-    via the optional ``safetensors`` package) or, with internet, a hub name:
+    via the optional ``safetensors`` package), weights the kit ships (``"kit:mit_nano_fractal"``,
+    see :data:`KIT_WEIGHTS`) or, with internet, a hub name:
     ``"hf:nvidia/mit-b5"`` (needs ``huggingface_hub``) or ``"torchvision:resnet101"``.
 
     Raises FileNotFoundError naming the path if the file does not exist.
     """
     name = str(path_or_name)
+    if name.startswith("kit:"):
+        name = str(kit_weights_path(name))
     if name.startswith("hf:"):
         return _read_hf_hub(name[3:])
     if name.startswith("torchvision:"):
