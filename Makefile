@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # wheel for your CUDA, e.g. TORCH_SPEC="torch torchvision --index-url <pytorch cu12x index>".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 RUN ?= runs/demo
+# the trained runs the notebooks read: source-only, DAFormer and CLUDA at the demo setting, seed 0
+NOTEBOOK_RUNS ?= runs/notebooks
 PYTEST_ARGS ?=
 # idle OpenMP threads must not spin: it slows small or shared CPUs down many times over
 export OMP_WAIT_POLICY ?= PASSIVE
@@ -21,7 +23,7 @@ for where in (".", tempfile.gettempdir()):
 endef
 export DISK_CHECK
 
-.PHONY: install demo test test-fast notebooks bench clean-runs
+.PHONY: install demo test test-fast notebooks notebook-runs bench clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +39,15 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/cluda-kit train miniscapes_cluda --out $(RUN) --overwrite
+
+# each run trains once: a finished run (its summary.json) is kept; an interrupted one resumes
+notebook-runs: install
+	@for m in source_only daformer cluda; do \
+	  run=$(NOTEBOOK_RUNS)/$$m; \
+	  if [ -f $$run/summary.json ]; then echo "$$run: done"; \
+	  elif [ -f $$run/checkpoints/last.pt ]; then $(BIN)/cluda-kit train --resume $$run || exit 1; \
+	  else $(BIN)/cluda-kit train miniscapes_$$m --out $$run --overwrite || exit 1; fi; \
+	done
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests notebooks --nbval-lax -p no:cacheprovider

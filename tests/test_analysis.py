@@ -499,3 +499,29 @@ def test_tsne_defaults_to_opentsne():
     x, _ = blobs()
     assert np.array_equal(embed(x, "tsne"), embed(x, "tsne", backend="opentsne"))
     assert not np.array_equal(embed(x, "tsne"), embed(x, "tsne", backend="sklearn"))
+
+
+def test_distance_ratio_matches_a_pairwise_loop():
+    from cluda_kit.analysis import distance_ratio
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(30, 6))
+    labels = rng.integers(0, 4, 30)
+    labels[0] = 9  # a class of one point: nan
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    got = distance_ratio(x, labels)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rest = np.flatnonzero(labels != c)
+        if len(idx) < 2:
+            assert math.isnan(got[int(c)])
+            continue
+        intra = np.mean([1 - u[i] @ u[j] for i in idx for j in idx if i != j])
+        inter = np.mean([1 - u[i] @ u[j] for i in idx for j in rest])
+        assert got[int(c)] == pytest.approx(intra / inter, rel=1e-9)
+    m = cluster_measures(x, labels)
+    assert m["per_class_ratio"].keys() == got.keys()
+    assert all(m["per_class_ratio"][c] == pytest.approx(v, nan_ok=True) for c, v in got.items())
+    assert m["ratio"] == pytest.approx(np.nanmean(list(got.values())))
+    tight, tl = blobs(n_per=40, k=3, dim=8, spread=0.05)
+    assert max(distance_ratio(tight, tl).values()) < 0.05  # compact, separated classes

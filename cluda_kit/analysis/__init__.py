@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cluda_kit.analysis.embedding import cluster_measures, embed, measures_rows, measures_table
+from cluda_kit.analysis.embedding import cluster_measures, distance_ratio, embed, measures_rows, measures_table
 from cluda_kit.analysis.features import FeatureSet, extract_features, patch_labels
 
 if TYPE_CHECKING:
     from cluda_kit.analysis.widgets import FeatureExplorer
 
-__all__ = ["FeatureExplorer", "FeatureSet", "cluster_measures", "embed", "extract_features",
+__all__ = ["FeatureExplorer", "FeatureSet", "cluster_measures", "distance_ratio", "embed", "extract_features",
            "measures_rows", "measures_table", "patch_labels"]
 
 

@@ -165,6 +165,32 @@ def _other_domain_fraction(x: np.ndarray, domains: np.ndarray, k: int) -> tuple[
     return observed, expected
 
 
+def distance_ratio(features: np.ndarray, labels: np.ndarray) -> dict[int, float]:
+    """Intra/inter-class cosine-distance ratio of each class of features (N, D) with labels (N,).
+
+    For class c: the mean cosine distance 1 - cos(x_i, x_j) over pairs of distinct points of c,
+    divided by the mean over pairs (i in c, j not in c). Below 1 the class is tighter than its
+    distance to the rest; 0 = collapsed to one direction. Exact, O(N D): with unit vectors the
+    sum of cosines over all pairs of a set is |sum x|^2 (minus the N self-pairs within a class).
+    nan for a class with one point, or when there is no other class.
+    """
+    x = _l2_normalize(np.asarray(features, dtype=np.float64))
+    labels = np.asarray(labels)
+    total = x.sum(0)
+    out = {}
+    for c in np.unique(labels):
+        xc = x[labels == c]
+        n, m = len(xc), len(x) - len(xc)
+        if n < 2 or m == 0:
+            out[int(c)] = math.nan
+            continue
+        sc = xc.sum(0)
+        intra = 1 - (sc @ sc - n) / (n * (n - 1))
+        inter = 1 - (sc @ (total - sc)) / (n * m)
+        out[int(c)] = float(intra / inter) if inter > 0 else math.nan
+    return out
+
+
 def cluster_measures(features: np.ndarray, labels: np.ndarray, domains: np.ndarray | None = None, *,
                      k: int = 10) -> dict:
     """Silhouette per class and domain mixing per class of features (N, D) with labels (N,).
@@ -176,6 +202,8 @@ def cluster_measures(features: np.ndarray, labels: np.ndarray, domains: np.ndarr
     that fraction under perfect mixing, (n_c - n_{c, domain(i)}) / (n_c - 1): 1 = mixed as if at
     random, 0 = the domains are separated (above 1 = more interleaved than random).
 
+    The intra/inter-class distance ratio of class c is :func:`distance_ratio`.
+
     Args:
         features: (N, D).
         labels: (N,) class ids.
@@ -183,7 +211,8 @@ def cluster_measures(features: np.ndarray, labels: np.ndarray, domains: np.ndarr
         k: neighbours for the mixing score (fewer for classes with at most k points).
 
     Returns:
-        ``{"silhouette": float, "per_class_silhouette": {c: float}, "counts": {c: int}}`` and, with
+        ``{"silhouette": float, "per_class_silhouette": {c: float}, "counts": {c: int},
+        "per_class_ratio": {c: float}, "ratio": float (mean over classes)}`` and, with
         ``domains``, ``"domain_mixing": {c: float}`` (nan for a class seen in one domain only) and
         ``"mixing": float`` (mean over classes with a score). Silhouettes are nan with fewer than
         two classes.
@@ -203,8 +232,11 @@ def cluster_measures(features: np.ndarray, labels: np.ndarray, domains: np.ndarr
     else:
         per_class = {int(c): math.nan for c in classes}
         overall = math.nan
+    ratios = distance_ratio(x, labels)
+    finite = [v for v in ratios.values() if not math.isnan(v)]
     out: dict = {"silhouette": overall, "per_class_silhouette": per_class,
-                 "counts": {int(c): int(n) for c, n in zip(classes, counts)}}
+                 "counts": {int(c): int(n) for c, n in zip(classes, counts)},
+                 "per_class_ratio": ratios, "ratio": float(np.mean(finite)) if finite else math.nan}
     if domains is not None:
         domains = np.asarray(domains)
         if domains.shape != labels.shape:
