@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from cluda_kit.analysis.plots import (
+    class_legend,
     confidence_map,
     debug_figure,
     image_grid,
@@ -18,7 +19,10 @@ from cluda_kit.analysis.plots import (
     pca_rgb,
     plot_confusion_matrix,
     plot_curves,
+    present_classes,
     to_rgb_uint8,
+    uda_step_diagram,
+    value_colorbar,
 )
 from cluda_kit.data.labels import CLASSES, PALETTE
 
@@ -167,4 +171,57 @@ def test_plot_curves_selects_keys_by_prefix():
     np.testing.assert_array_equal(lines["loss_src"].get_ydata(), [1.5, 0.8])
     assert [list(ln.get_ydata()) for ln in ax_miou.get_lines()] == [[0.3]]
     assert ax_acc.get_lines() == [] and ax_acc.texts
+    _png(fig)
+
+
+def test_present_classes_in_order_with_ignore_last():
+    a = torch.tensor([[13, 0], [255, 2]])
+    b = np.array([[2, 18], [7, 0]], dtype=np.uint8)
+    assert present_classes(a, b) == [0, 2, 7, 13, 18, 255]
+    assert present_classes(a, keep_ignore=False) == [0, 2, 13]
+
+
+def test_class_legend_below_a_grid_keeps_the_panels():
+    label = torch.zeros(16, 32, dtype=torch.long)
+    label[:4], label[4:8], label[-2:] = 10, 13, 255
+    fig = image_grid([[torch.rand(3, 16, 32), label]], cell_size=1.5)
+    width, height = fig.get_size_inches()
+    panels = [ax.get_position().height * height for ax in fig.axes]
+    handles = class_legend(fig, present_classes(label))
+    assert [h.get_label() for h in handles] == ["road", "sky", "car", "ignore (255)"]
+    np.testing.assert_allclose(handles[2].get_facecolor()[:3], PALETTE[13] / 255)
+    np.testing.assert_allclose(handles[3].get_facecolor()[:3], 0.0)
+    assert fig.get_size_inches()[0] == width and fig.get_size_inches()[1] > height
+    np.testing.assert_allclose([ax.get_position().height * fig.get_size_inches()[1] for ax in fig.axes], panels)
+    fig.draw_without_rendering()  # the legend lies in the new strip, below every panel
+    assert fig.legends[0].get_window_extent().y1 <= min(ax.get_window_extent().y0 for ax in fig.axes) + 1
+    _png(fig)
+
+
+def test_class_legend_on_axes_and_unknown_class():
+    ax = Figure().subplots()
+    handles = class_legend(ax, [5, 11], loc="upper right")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [CLASSES[5], CLASSES[11]] == [h.get_label() for h in handles]
+    with pytest.raises(ValueError, match="class 19"):
+        class_legend(ax, [19])
+
+
+def test_value_colorbar_right_of_the_panels():
+    fig = image_grid([[torch.rand(16, 32), torch.rand(16, 32)]], cell_size=1.5)
+    width = fig.get_size_inches()[0]
+    bar = value_colorbar(fig, "confidence p", axes=[fig.axes[1]])
+    assert fig.get_size_inches()[0] > width
+    assert bar.ax.get_ylabel() == "confidence p" and bar.mappable.get_clim() == (0.0, 1.0)
+    assert bar.mappable.get_cmap().name == "viridis"
+    assert bar.ax.get_position().x0 > max(ax.get_position().x1 for ax in fig.axes[:2])
+    _png(fig)
+
+
+def test_uda_step_diagram_names_every_loss_and_box_kind():
+    fig = uda_step_diagram()
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    for term in ("CE(source)", "contrastive(source)", "feature distance", "CE(mixed)", "contrastive(mixed)",
+                 "EMA teacher", "pseudo-labels", "ClassMix", "EMA update"):
+        assert term in texts
+    assert [t.get_text() for t in fig.legends[0].get_texts()][-1] == "loss term"
     _png(fig)

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from cluda_kit.data.labels import NUM_CLASSES, PALETTE, colorize
+from cluda_kit.data.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize
 
 __all__ = [
+    "class_legend",
     "confidence_map",
     "debug_figure",
     "image_grid",
@@ -30,7 +31,10 @@ __all__ = [
     "pca_rgb",
     "plot_confusion_matrix",
     "plot_curves",
+    "present_classes",
     "to_rgb_uint8",
+    "uda_step_diagram",
+    "value_colorbar",
 ]
 
 
@@ -346,3 +350,192 @@ def pca_rgb(features: Any) -> np.ndarray:
         if float(evals[c]) > 1e-10 * scale and hi - lo > 0:
             out[:, c] = ((proj[:, c] - lo) / (hi - lo)).numpy()
     return out.reshape(h, w, 3)
+
+
+def present_classes(*labels: Any, ignore_index: int = IGNORE_INDEX, keep_ignore: bool = True) -> list[int]:
+    """The sorted trainIds that occur in any of the label maps (tensors or arrays of any shape).
+
+    Values outside 0..C-1 other than ``ignore_index`` are dropped; ``ignore_index`` is kept (last)
+    when it occurs and ``keep_ignore`` is set, so that a legend can name the black pixels.
+    """
+    found: set[int] = set()
+    for lab in labels:
+        found.update(int(v) for v in np.unique(_numpy(lab)))
+    classes = sorted(c for c in found if 0 <= c < NUM_CLASSES)
+    return classes + ([ignore_index] if keep_ignore and ignore_index in found else [])
+
+
+def _grow(fig: Figure, *, bottom: float = 0.0, right: float = 0.0) -> None:
+    """Enlarge ``fig`` by ``bottom`` inches below and ``right`` inches to the right, keeping every
+    axes at its size and place in inches (figure legends anchored at the bottom stay there)."""
+    w, h = fig.get_size_inches()
+    fig.set_size_inches(w + right, h + bottom)
+    for ax in fig.axes:
+        x0, y0, aw, ah = ax.get_position(original=True).bounds
+        ax.set_position([x0 * w / (w + right), (y0 * h + bottom) / (h + bottom),
+                         aw * w / (w + right), ah * h / (h + bottom)])
+
+
+def class_legend(
+    target: Any,
+    classes: Sequence[int],
+    *,
+    ncol: int | None = None,
+    fontsize: float = 8,
+    title: str | None = None,
+    **legend_kwargs: Any,
+) -> list[matplotlib.patches.Patch]:
+    """A legend of class names in their palette colours.
+
+    Args:
+        target: a ``Figure`` (the legend goes into a strip added below the existing axes, which
+            keep their size; e.g. an :func:`image_grid` figure) or an ``Axes`` (``ax.legend``).
+        classes: trainIds to name, in this order (e.g. :func:`present_classes` of the label maps
+            shown); 255 (ignore) is named "ignore (255)" in black.
+        ncol: legend columns (default: as many as fit the figure width, for a figure; 1 for axes).
+        fontsize, title: of the legend.
+        **legend_kwargs: passed to ``legend`` (e.g. ``loc``, ``bbox_to_anchor`` for an Axes).
+
+    Returns:
+        The legend handles (one ``Patch`` per class, its label the class name).
+    """
+    handles = []
+    for c in classes:
+        c = int(c)
+        if c == IGNORE_INDEX:
+            handles.append(matplotlib.patches.Patch(facecolor="black", edgecolor="0.3", label="ignore (255)"))
+        elif 0 <= c < NUM_CLASSES:
+            handles.append(matplotlib.patches.Patch(facecolor=PALETTE[c] / 255.0, edgecolor="0.3",
+                                                    linewidth=0.5, label=CLASSES[c]))
+        else:
+            raise ValueError(f"class_legend: class {c} is not a trainId 0..{NUM_CLASSES - 1} or {IGNORE_INDEX}")
+    if not handles:
+        return handles
+    options = {"fontsize": fontsize, "title": title, "title_fontsize": fontsize, **legend_kwargs}
+    if not isinstance(target, Figure):
+        target.legend(handles=handles, ncol=ncol or 1, **options)
+        return handles
+    if ncol is None:
+        widest = max(len(h.get_label()) for h in handles)
+        column = (0.6 * widest * fontsize + 2.6 * fontsize) / 72.0  # inches: label + patch + gap
+        ncol = max(1, min(len(handles), int(target.get_size_inches()[0] // column)))
+    options = {"loc": "lower center", "bbox_to_anchor": (0.5, 0.0), "frameon": False, **options}
+    legend = target.legend(handles=handles, ncol=ncol, **options)
+    target.draw_without_rendering()
+    _grow(target, bottom=legend.get_window_extent().height / target.dpi + 0.05)
+    return handles
+
+
+def value_colorbar(
+    fig: Figure,
+    label: str,
+    *,
+    axes: Sequence[Any] | None = None,
+    cmap: str = "viridis",
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+) -> matplotlib.colorbar.Colorbar:
+    """A vertical colourbar in a strip added to the right of ``fig`` (the axes keep their size).
+
+    For figures whose panels show values with a fixed colour map, such as the float maps of
+    :func:`image_grid` (viridis on [0, 1]: confidences, pixel weights).
+
+    Args:
+        fig: the figure.
+        label: what the colours mean (e.g. "confidence p").
+        axes: the bar spans the height of these axes (default: all axes of the figure).
+        cmap, vmin, vmax: the colour map and its range, as the panels use them.
+    """
+    boxes = [ax.get_position(original=True) for ax in (axes if axes is not None else fig.axes)]
+    if not boxes:
+        raise ValueError("value_colorbar: the figure has no axes")
+    w, h = fig.get_size_inches()
+    y0, y1 = min(b.y0 for b in boxes) * h, max(b.y1 for b in boxes) * h  # inches
+    _grow(fig, right=0.9)
+    cax = fig.add_axes([(w + 0.1) / (w + 0.9), y0 / h, 0.12 / (w + 0.9), (y1 - y0) / h])
+    mappable = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(vmin, vmax), cmap)
+    bar = fig.colorbar(mappable, cax=cax)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return bar
+
+
+# what each kind of box of the training-step diagram is: face colour, edge style, legend label
+_STEP_KINDS = {
+    "data": ("#e5e5e5", "solid", "data (a batch)"),
+    "net": ("#9ecae1", "solid", "trained network (gradients)"),
+    "frozen": ("#eef5fb", "dashed", "network without gradients"),
+    "op": ("#c7e9c0", "solid", "operation (no parameters)"),
+    "loss": ("#fdd0a2", "solid", "loss term"),
+}
+# name: (x, y, width, text, kind), in the diagram's data coordinates (0..12.8 × 0.5..7.8)
+_STEP_BOXES = {
+    "src": (1.0, 5.9, 1.9, "source batch\nx_s, labels y_s", "data"),
+    "tgt": (1.0, 1.3, 1.9, "target batch\nx_t (no labels)", "data"),
+    "imnet": (3.9, 7.2, 2.1, "frozen pretrained\nencoder", "frozen"),
+    "student": (3.9, 5.9, 2.1, "student g_θ", "net"),
+    "teacher": (3.9, 1.3, 2.1, "EMA teacher g_φ", "frozen"),
+    "pseudo": (6.9, 1.3, 2.5, "pseudo-labels ŷ_t and\nweight q = share of p ≥ τ", "op"),
+    "mix": (6.9, 3.6, 2.5, "ClassMix: M·x_s + (1−M)·x_t\n+ strong augmentation", "op"),
+    "student_mix": (9.4, 3.6, 1.7, "student g_θ\n(same weights)", "net"),
+    "fd": (11.6, 7.2, 2.1, "feature distance\nthing cells, λ = 0.005", "loss"),
+    "ce_src": (11.6, 6.2, 2.1, "CE(source)", "loss"),
+    "cl_src": (11.6, 5.3, 2.1, "contrastive(source)\nfused feature, y_s", "loss"),
+    "ce_mix": (11.6, 4.1, 2.1, "CE(mixed)\ny_mix weighted by w_mix", "loss"),
+    "cl_mix": (11.6, 3.0, 2.1, "contrastive(mixed)\ny_mix, w_mix", "loss"),
+}
+# (from, to, label, where the label sits as a fraction of the way between the box centres)
+_STEP_ARROWS = [
+    ("src", "student", "x_s", 0.5), ("src", "imnet", "x_s", 0.5), ("student", "ce_src", "", 0.5),
+    ("student", "cl_src", "", 0.5), ("student", "fd", "stage-4 features", 0.55),
+    ("imnet", "fd", "stage-4 features", 0.5), ("tgt", "teacher", "x_t", 0.5), ("teacher", "pseudo", "softmax p", 0.45),
+    ("pseudo", "mix", "ŷ_t, q", 0.5), ("src", "mix", "x_s, y_s", 0.62), ("tgt", "mix", "x_t", 0.62),
+    ("mix", "student_mix", "", 0.5), ("student_mix", "ce_mix", "", 0.5), ("student_mix", "cl_mix", "", 0.5),
+]
+
+
+def uda_step_diagram(*, figsize: tuple[float, float] = (11.0, 6.2)) -> Figure:
+    """One CLUDA training step as boxes and arrows: which batch flows through which network
+    into which loss (DAFormer's step plus CLUDA's two contrastive terms).
+
+    Source batch → student → cross-entropy, source contrastive loss and (with the frozen
+    pretrained encoder) the feature distance; target batch → EMA teacher → pseudo-labels and their
+    weight q; ClassMix of source and target + strong augmentation → student → mixed cross-entropy
+    and mixed contrastive loss; the sum of the losses makes one optimiser step on θ, then the
+    teacher follows by EMA. A legend names the kinds of boxes.
+    """
+    fig = Figure(figsize=figsize)
+    ax = fig.add_axes([0, 0.07, 1, 0.93])
+    ax.set(xlim=(-0.1, 12.8), ylim=(0.5, 7.8))
+    ax.set_axis_off()
+    patches = {}
+    for key, (x, y, w, text, kind) in _STEP_BOXES.items():
+        face, style, _ = _STEP_KINDS[kind]
+        h = 0.42 + 0.3 * text.count("\n")
+        patches[key] = ax.add_patch(matplotlib.patches.FancyBboxPatch(
+            (x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.12", facecolor=face,
+            edgecolor="0.25", linestyle=style, zorder=3))
+        ax.text(x, y, text, ha="center", va="center", fontsize=8.5, zorder=4)
+
+    def arrow(start, end, **style):
+        (x0, y0), (x1, y1) = _STEP_BOXES[start][:2], _STEP_BOXES[end][:2]
+        ax.add_patch(matplotlib.patches.FancyArrowPatch(
+            (x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=11, lw=1.0, zorder=2, shrinkA=1, shrinkB=1,
+            patchA=patches[start], patchB=patches[end], **{"color": "0.2", **style}))
+        return x0, y0, x1, y1
+
+    for start, end, label, t in _STEP_ARROWS:
+        x0, y0, x1, y1 = arrow(start, end)
+        if label:
+            ax.text(x0 + t * (x1 - x0), y0 + t * (y1 - y0), label, ha="center", va="center", fontsize=7,
+                    style="italic", color="0.25", zorder=5,
+                    bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none"})
+    x_ema = arrow("student", "teacher", color="#08519c", linestyle="--")[0]
+    ax.text(x_ema - 0.15, 3.0, "EMA update after the step:\nφ ← α_t φ + (1 − α_t) θ", ha="right", va="center",
+            fontsize=7.5, color="#08519c")
+    ax.text(11.6, 1.6, "the sum of the five terms\n→ one AdamW step on θ", ha="center", va="center", fontsize=8,
+            style="italic")
+    handles = [matplotlib.patches.Patch(facecolor=f, edgecolor="0.25", linestyle=s, label=lab)
+               for f, s, lab in _STEP_KINDS.values()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    return fig
