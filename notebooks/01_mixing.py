@@ -28,32 +28,44 @@
 #    probability 0.5 (σ ~ U(0.15, 1.15), kernel ≈ 10 % of the image side).
 #
 # Everything runs on the built-in *miniscapes* domains: `game` (GTA-like source) and `real`
-# (Cityscapes-like target). The first cell chooses the **profile** (`tiny` for tests, `demo`, `full`);
-# this notebook does the same work in every profile.
+# (Cityscapes-like target). The first cell, `setup()`, chooses the **profile** (`tiny` for tests,
+# `demo`, `full`), the threads, seeds and figure resolution, and prints them with the trained runs it
+# found; this notebook does the same work in every profile.
 
 # %%
-import os
+# %matplotlib inline
+from cluda_kit.notebook import setup
 
-PROFILE = os.environ.get("CLUDA_PROFILE", "tiny")  # tiny | demo | full
-assert PROFILE in ("tiny", "demo", "full"), f"CLUDA_PROFILE={PROFILE!r}: expected tiny, demo or full"
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no busy-waiting threads on a shared CPU
-import numpy as np
+nb = setup()  # profile (CLUDA_PROFILE: tiny | demo | full), threads, seeds, figure dpi, trained runs found
+PROFILE = nb.profile
+
+# %%
 import torch
 
-torch.set_num_threads(2)
-torch.manual_seed(0)
-np.random.seed(0)
-# %matplotlib inline
-import matplotlib
-
-matplotlib.rcParams["figure.dpi"] = 64  # small PNGs: the notebooks stay well under 2 MB
-print(f"profile: {PROFILE}")
-
-# %%
-from cluda_kit.analysis.plots import image_grid, mix_grid
+from cluda_kit.analysis.plots import class_legend, image_grid, mix_grid, present_classes, uda_step_diagram
 from cluda_kit.data.labels import CLASSES, IGNORE_INDEX
 from cluda_kit.data.miniscapes import Miniscapes
 from cluda_kit.uda.mixing import blur_kernel_size, class_mix_masks, mix, strong_augment
+
+# %% [markdown]
+# ## One training step at a glance
+#
+# Before taking the step apart, here it is whole. Three batches flow into five loss terms: the
+# labelled **source batch** goes through the student (cross-entropy, the source contrastive loss,
+# and the feature distance to a frozen pretrained encoder); the unlabelled **target batch** goes
+# through the EMA teacher, which turns it into pseudo-labels and their weight q; the **mixed
+# batch**, built by ClassMix from both and strongly augmented, goes through the student again
+# (mixed cross-entropy and mixed contrastive loss). One optimiser step on the summed losses updates
+# the student θ; then the teacher φ follows θ by an exponential moving average.
+
+# %%
+uda_step_diagram()
+
+# %% [markdown]
+# Follow the arrows from each batch on the left to the losses on the right. This notebook is about
+# the green ClassMix box; notebook 02 covers the teacher row (pseudo-labels, q, EMA), 03–04 the two
+# contrastive terms, and 05 runs the whole step — with rare class sampling, which decides *which*
+# source images enter the source batch, and the feature distance.
 
 # %% [markdown]
 # ## A batch of two source and two target scenes
@@ -71,12 +83,15 @@ xs = torch.stack([s["image"] for s in src]).float() / 255  # (B, 3, H, W) in [0,
 ys = torch.stack([s["label"] for s in src])  # (B, H, W) trainIds, 255 = ignore
 xt = torch.stack([s["image"] for s in tgt]).float() / 255
 yt = torch.stack([s["label"] for s in tgt])  # only for display: UDA never sees target labels
-image_grid([[xs[0], ys[0], xt[0], yt[0]], [xs[1], ys[1], xt[1], yt[1]]],
-           [["source (game)", "source label", "target (real)", "target label (unused)"]] * 2, cell_size=1.8)
+fig = image_grid([[xs[0], ys[0], xt[0], yt[0]], [xs[1], ys[1], xt[1], yt[1]]],
+                 [["source (game)", "source label", "target (real)", "target label (unused)"]] * 2, cell_size=1.3)
+class_legend(fig, present_classes(ys, yt))
+fig
 
 # %% [markdown]
 # Same scene statistics, different appearance: the `real` domain shifts and desaturates colours,
-# adds textures, blur, noise and vignetting. Which classes does each source label hold?
+# adds textures, blur, noise and vignetting; its labels also mark the ego-vehicle hood at the
+# bottom as ignore (black). Which classes does each source label hold?
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -98,7 +113,14 @@ g = torch.Generator().manual_seed(0)
 m = class_mix_masks(ys, per_image=True, generator=g)  # (B, 1, H, W)
 x_mix = mix(xs, xt, m)  # M * source + (1 - M) * target
 y_mix = mix(ys, yt, m)  # here the target *labels* stand in for the teacher's pseudo-labels (notebook 02)
-mix_grid(xs, xt, m, x_mix, y_mix, cell_size=1.8)
+fig = mix_grid(xs, xt, m, x_mix, y_mix, cell_size=1.3)
+class_legend(fig, present_classes(y_mix))
+fig
+
+# %% [markdown]
+# The mask M is 1 (yellow) where a source pixel is pasted. The pasted classes arrive with their sharp
+# `game` look and their true labels; everything else is the `real` image and its (here: true)
+# labels.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -129,7 +151,14 @@ for b, names in enumerate(chosen(m_batch, ys)):
     print(f"image {b}: pastes {names} ({int(m_batch[b].sum())} px)")
 
 # %%
-mix_grid(xs, xt, m_batch, mix(xs, xt, m_batch), mix(ys, yt, m_batch), cell_size=1.8)
+y_batch = mix(ys, yt, m_batch)
+fig = mix_grid(xs, xt, m_batch, mix(xs, xt, m_batch), y_batch, cell_size=1.3)
+class_legend(fig, present_classes(y_batch))
+fig
+
+# %% [markdown]
+# Compare the masks with the per-image ones above: the classes are drawn once for the batch, and
+# each image pastes only those of them it contains.
 
 # %% [markdown]
 # ## Strong augmentation of the mixed image
@@ -151,7 +180,7 @@ for seed in range(3):
     aug = strong_augment(x_mix, generator=torch.Generator().manual_seed(seed))
     rows.append([x_mix[0], aug[0], x_mix[1], aug[1]])
     titles.append(["mixed", f"augmented (seed {seed})", "mixed", f"augmented (seed {seed})"])
-image_grid(rows, titles, cell_size=1.8)
+image_grid(rows, titles, cell_size=1.3)
 
 # %% [markdown]
 # The augmentation changes appearance but never geometry, so the mixed label stays valid. Why
@@ -162,8 +191,9 @@ image_grid(rows, titles, cell_size=1.8)
 # %%
 # NBVAL_CHECK_OUTPUT
 aug = strong_augment(x_mix, generator=torch.Generator().manual_seed(0))
-print("augmented", tuple(aug.shape), "range", round(float(aug.min()), 4), "-", round(float(aug.max()), 4))
-print("mean abs change per image:", [round(float(v), 4) for v in (aug - x_mix).abs().mean(dim=(1, 2, 3))])
+print("augmented", tuple(aug.shape), f"range {float(aug.min()):.3g} - {float(aug.max()):.3g}")
+change = (aug - x_mix).abs().mean(dim=(1, 2, 3))  # 3 significant digits: the same on every machine
+print("mean abs change per image:", ", ".join(f"{float(v):.3g}" for v in change))
 
 # %% [markdown]
 # ## Explore: resample the mix
