@@ -25,35 +25,30 @@
 #   scalar **q = fraction of all pixels of the target batch with p ≥ τ = 0.968** weights *every*
 #   target pixel of the mixed loss. Early in training q ≈ 0 and the target pixels barely count;
 #   as the teacher grows confident, q rises towards 1.
-# * **Margins.** Pixels near the image border get weight 0: DAFormer zeroes the top 15 and bottom
-#   120 rows of its 512×512 crop of the 1024×512 Cityscapes frame (the ego-vehicle hood); HRDA
-#   zeroes (top 30, bottom 240, left 30, right 30) of the full 2048×1024 frame.
+# * **Margins.** `data.pseudo_margins = (top, bottom, left, right)` counts pixel rows and columns
+#   at the edges of the **training crop** whose pseudo-label *weight* is set to 0 (the pseudo-labels
+#   stay; those target pixels just do not count). DAFormer uses (15, 120, 0, 0) on its 512×512
+#   crops of the 1024×512 Cityscapes frame; the crop is as high as the frame, so the bottom 120 rows
+#   cover the ego-vehicle hood. HRDA instead zeroes (30, 240, 30, 30) of the whole 2048×1024 frame
+#   before cropping (`data.frame_margins`). Source pixels that ClassMix pastes into a margin keep
+#   weight 1.
 #
 # CLUDA inherits all three and reuses the same weights as pair weights of its contrastive loss.
 
 # %%
-import os
-
-PROFILE = os.environ.get("CLUDA_PROFILE", "tiny")  # tiny | demo | full
-assert PROFILE in ("tiny", "demo", "full"), f"CLUDA_PROFILE={PROFILE!r}: expected tiny, demo or full"
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no busy-waiting threads on a shared CPU
-import numpy as np
-import torch
-
-torch.set_num_threads(2)
-torch.manual_seed(0)
-np.random.seed(0)
 # %matplotlib inline
-import matplotlib
+from cluda_kit.notebook import setup
 
-matplotlib.rcParams["figure.dpi"] = 64  # small PNGs: the notebooks stay well under 2 MB
-print(f"profile: {PROFILE}")
+nb = setup()  # profile (CLUDA_PROFILE: tiny | demo | full), threads, seeds, figure dpi, trained runs found
+PROFILE = nb.profile
 
 # %%
+import numpy as np
+import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from cluda_kit.analysis.plots import confidence_map, image_grid
+from cluda_kit.analysis.plots import class_legend, confidence_map, image_grid, present_classes, value_colorbar
 from cluda_kit.config import load_config
 from cluda_kit.data.miniscapes import Miniscapes
 from cluda_kit.data.transforms import normalize
@@ -65,10 +60,11 @@ from cluda_kit.uda.pseudo_label import pseudo_label, pseudo_label_stats
 # %% [markdown]
 # ## q and the margins on a synthetic batch
 #
-# `pseudo_label(logits, threshold=0.968, ignore_top=..., ignore_bottom=...)` takes teacher
-# **logits** (B, C, H, W) at the label resolution and returns hard labels (B, H, W) and weights
-# (B, H, W): q everywhere, 0 in the margins. On a 512×512 DAFormer crop the margins remove
-# 512 · (15 + 120) = 69 120 pixels per image.
+# `pseudo_label(logits, threshold=0.968, ignore_top=..., ignore_bottom=..., ignore_left=...,
+# ignore_right=...)` takes teacher **logits** (B, C, H, W) at the label resolution and returns hard
+# labels (B, H, W) and weights (B, H, W): q everywhere, 0 in the margins (the trainer passes
+# `data.pseudo_margins` as the four margins). Seeded random logits stand in for a teacher on a
+# 512×512 DAFormer crop:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -76,9 +72,13 @@ g = torch.Generator().manual_seed(0)
 logits = 4.0 * torch.randn(2, 19, 512, 512, generator=g)  # a seeded stand-in for teacher logits
 labels, weights = pseudo_label(logits, threshold=0.968, ignore_top=15, ignore_bottom=120)
 print("labels", tuple(labels.shape), labels.dtype, "| weights", tuple(weights.shape), weights.dtype)
-print("q =", round(float(weights.max()), 4), "| zero-weight pixels per image:", (weights == 0).sum(dim=(1, 2)).tolist())
-stats = pseudo_label_stats(logits)
-print("mean confidence", round(stats["mean_confidence"], 4), "| q", round(stats["q"], 4))
+print(f"q = {float(weights.max()):.3g} | zero-weight pixels per image:", (weights == 0).sum(dim=(1, 2)).tolist())
+stats = pseudo_label_stats(logits)  # 3 significant digits: every machine agrees on them
+print(f"mean confidence {stats['mean_confidence']:.3g} | q {stats['q']:.3g}")
+
+# %% [markdown]
+# The zero-weight pixels are exactly the two margins: 512 · (15 + 120) = 69 120 per image. Every
+# other pixel carries the same q, whatever its own confidence.
 
 # %% [markdown]
 # ## The EMA ramp α_t
@@ -166,8 +166,14 @@ probs = F.softmax(t_logits, dim=1)
 pl, pw = pseudo_label(t_logits, threshold=cfg.uda.pseudo_threshold)
 conf = confidence_map(probs)  # (B, H, W) max probability
 y_val = [val[i]["label"] for i in range(2)]
-image_grid([[x_val[i], y_val[i], pl[i], conf[i], conf[i] >= 0.968] for i in range(2)],
-           [["target", "ground truth", "pseudo-label ŷ", "confidence p", "p ≥ 0.968"]] * 2, cell_size=1.6)
+
+# %%
+titles = ["target (val)", "ground truth", f"teacher's ŷ ({ITERS} it.)", "confidence p", "p ≥ 0.968 (white)"]
+fig = image_grid([[x_val[i], y_val[i], pl[i], conf[i], conf[i] >= 0.968] for i in range(2)], [titles] * 2,
+                 cell_size=1.3)
+value_colorbar(fig, "confidence p", axes=[fig.axes[3], fig.axes[8]])
+class_legend(fig, present_classes(*y_val, pl[:2]))
+fig
 
 # %% [markdown]
 # ## The weight q against the threshold
@@ -190,26 +196,41 @@ fig
 # %% [markdown]
 # ## The weight map of a mixed image
 #
-# After ClassMix the pixel weight is w_mix = M · 1 + (1 − M) · q: **1 on pasted source pixels, q on
-# target pixels, 0 in the margins**. Here we use margins in proportion to DAFormer's 15 top and
-# 120 bottom rows of 512 and, for visibility, q = 0.6. (`threshold=0` makes every pixel confident,
-# so `pseudo_label` returns 1 outside the margins: the margin mask.)
+# After ClassMix the pixel weight is w_mix = M · 1 + (1 − M) · w_t, with w_t the target weight
+# (q, and 0 in the margins): **1 on every pasted source pixel, q on the other target pixels, 0 on
+# target pixels inside the margins**. We take the training crop and margins of the miniscapes
+# presets (`data.crop_size`, `data.pseudo_margins`; the `real` frames end in an ego-vehicle hood,
+# like Cityscapes) and, for visibility, q = 0.6. (`threshold=0` makes every pixel confident, so
+# `pseudo_label` returns weight 1 outside the margins: the margin mask.)
 
 # %%
-src = Miniscapes("game", size=tuple(x_val.shape[-2:]))
-ys = torch.stack([src[i]["label"] for i in range(2)])
-h = x_val.shape[-2]
-_, keep = pseudo_label(t_logits[:2], threshold=0.0, ignore_top=round(h * 15 / 512), ignore_bottom=round(h * 120 / 512))
+preset_data = load_config("miniscapes_cluda").data
+H, W = preset_data.crop_size
+top, bottom, left, right = preset_data.pseudo_margins
+print(f"crop {H}×{W}, data.pseudo_margins: top {top}, bottom {bottom}, left {left}, right {right} px")
+_, keep = pseudo_label(torch.zeros(2, 19, H, W), threshold=0.0, ignore_top=top, ignore_bottom=bottom,
+                       ignore_left=left, ignore_right=right)
 w_t = 0.6 * keep  # q = 0.6 outside the margins
+ys = torch.stack([Miniscapes("game", size=(H, W))[i]["label"] for i in range(2)])
 m = class_mix_masks(ys, generator=torch.Generator().manual_seed(0))
 w_mix = mix(torch.ones_like(w_t), w_t, m)
-image_grid([[m[i, 0] > 0, w_t[i], w_mix[i]] for i in range(2)],
-           [["mask M (source pixels)", "target weight (q, margins 0)", "w_mix"]] * 2, cell_size=1.6)
+
+# %%
+fig = image_grid([[m[i, 0] > 0, w_t[i], w_mix[i]] for i in range(2)],
+                 [["mask M (white: source)", "target weight w_t", "w_mix"]] * 2, cell_size=1.3)
+value_colorbar(fig, "pixel weight", axes=[fig.axes[1], fig.axes[5]])
+fig
+
+# %% [markdown]
+# The bottom strip of w_t is the margin (weight 0, dark). In w_mix the pasted source pixels are
+# bright (1) even inside that strip; only target pixels in the margin stay at 0:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print("margin rows:", round(h * 15 / 512), "top,", round(h * 120 / 512), "bottom of", h)
-print("w_mix values:", [round(v, 4) for v in w_mix.unique().tolist()])
+source, margin = m[:, 0] > 0, keep == 0
+for name, where in (("source pixels", source), ("target pixels outside the margins", ~source & ~margin),
+                    ("target pixels in the margins", ~source & margin)):
+    print(f"{name}: w_mix =", [round(v, 3) for v in w_mix[where].unique().tolist()])
 
 # %% [markdown]
 # ## Explore: move the threshold
