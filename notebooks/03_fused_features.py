@@ -28,31 +28,21 @@
 # 4. For the loss, the fused map is resized bilinearly to a fixed grid (the release: 65×65,
 #    `align_corners=True`); labels are resized nearest, pixel weights bilinearly.
 #
-# The kit's demo model is a small MiT (`mit_nano`, 32/64/160/256 channels) with a 64-channel
-# decoder, so everything runs on a CPU.
+# The kit's demo model is a small MiT (`mit_nano`, 32/64/160/256 channels) whose decoder embeds
+# each level in 32 channels and fuses them into D = 64, so everything runs on a CPU.
 
 # %%
-import os
-
-PROFILE = os.environ.get("CLUDA_PROFILE", "tiny")  # tiny | demo | full
-assert PROFILE in ("tiny", "demo", "full"), f"CLUDA_PROFILE={PROFILE!r}: expected tiny, demo or full"
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no busy-waiting threads on a shared CPU
-import numpy as np
-import torch
-
-torch.set_num_threads(2)
-torch.manual_seed(0)
-np.random.seed(0)
 # %matplotlib inline
-import matplotlib
+from cluda_kit.notebook import setup
 
-matplotlib.rcParams["figure.dpi"] = 64  # small PNGs: the notebooks stay well under 2 MB
-print(f"profile: {PROFILE}")
+nb = setup()  # profile (CLUDA_PROFILE: tiny | demo | full), threads, seeds, figure dpi, trained runs found
+PROFILE = nb.profile
 
 # %%
+import torch
 import torch.nn.functional as F
 
-from cluda_kit.analysis.plots import image_grid, pca_rgb
+from cluda_kit.analysis.plots import class_legend, image_grid, pca_rgb, present_classes
 from cluda_kit.config import ModelConfig, load_config
 from cluda_kit.data.miniscapes import Miniscapes
 from cluda_kit.data.transforms import normalize
@@ -63,14 +53,17 @@ from cluda_kit.uda.contrastive import pixel_contrastive_loss, resize_for_contras
 # %% [markdown]
 # ## Shapes through the network
 #
-# We build a demo-sized model — `mit_nano` with a DAFormer decoder of 64-channel level embeddings
-# and D = 64 (the `miniscapes_*` presets use this family; `load_config("miniscapes_cluda").model`
-# shows their current widths) — with a seeded random initialisation and feed a 128×256 image.
-# `segmentor(x, return_stages=True)` returns a `SegOutput` with the stage maps, the fused feature
-# and the logits. The shapes do not depend on the weights.
+# We build the demo's model — the widths of the `miniscapes_*` presets, printed here — with a
+# seeded random initialisation and feed it a 128×256 image. `segmentor(x, return_stages=True)`
+# returns a `SegOutput` with the stage maps, the fused feature and the logits. The shapes do not
+# depend on the weights.
 
 # %%
-model_cfg = ModelConfig(encoder="mit_nano", decoder="daformer", num_classes=19, embed_dim=64, fused_dim=64)
+demo = load_config("miniscapes_cluda").model
+print(f"miniscapes presets: encoder {demo.encoder}, level embeddings {demo.embed_dim} ch, fused D = {demo.fused_dim}")
+
+# %%
+model_cfg = ModelConfig(encoder="mit_nano", decoder="daformer", num_classes=19, embed_dim=32, fused_dim=64)
 torch.manual_seed(0)
 model = build_segmentor(model_cfg).eval()
 real = Miniscapes("real", "val", size=(128, 256))
@@ -92,8 +85,8 @@ print("parameters:", sum(p.numel() for p in model.parameters()))
 # ## Inside the decoder
 #
 # We can redo the decoder's work by hand: embed every stage with its 1×1 layer, upsample to the
-# stride-4 size, concatenate (4 × 64 = 256 channels here), fuse. The result must equal the fused
-# map the model returned.
+# stride-4 size, concatenate (4 × 32 = 128 channels here), fuse to D = 64. The result must equal
+# the fused map the model returned.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -131,11 +124,15 @@ with torch.no_grad():
 maps = [pca_rgb(s[0]) for s in out.stages] + [pca_rgb(out.fused[0])]
 titles = [f"stage {i + 1}: {s.shape[1]} ch, {s.shape[-2]}×{s.shape[-1]}" for i, s in enumerate(out.stages)]
 titles.append(f"fused: {out.fused.shape[1]} ch, {out.fused.shape[-2]}×{out.fused.shape[-1]}")
-image_grid([[image, label, maps[4]], maps[:4]], [["target image", "ground truth", titles[4]], titles[:4]],
-           cell_size=2.0)
+fig = image_grid([[image, label, maps[4]], maps[:4]], [["target image", "ground truth", titles[4]], titles[:4]],
+                 cell_size=1.5)
+class_legend(fig, present_classes(label))
+fig
 
 # %% [markdown]
-# The early stages are fine-grained and follow colour and texture; the late stages are coarse
+# The legend names the ground-truth colours; the PCA colours have no fixed meaning (each map gets
+# its own three components), only *equal colour = similar feature* within one map. The early
+# stages are fine-grained and follow colour and texture; the late stages are coarse
 # (4×8 cells at stride 32) and semantic. The fused map combines both: stride-4 resolution with
 # context from every level. This is why CLUDA contrasts *this* map — pixels of one class should
 # have similar fused features regardless of the domain, and the loss can push them together at
@@ -147,19 +144,30 @@ image_grid([[image, label, maps[4]], maps[:4]], [["target image", "ground truth"
 # In every training step the loss is applied twice on the **student** (never the teacher), from
 # iteration 0, with weight 1 each: on the source batch (labels = source ground truth) and on the
 # mixed batch (labels = y_mix, weights = w_mix). `resize_for_contrast` puts the fused map, the
-# labels and the weights on the contrastive grid. The kit's demo uses the stride-4 grid of its
-# 128×256 crops (32×64); the release's 512×512 crop gives a 128×128 fused map resized to 65×65,
-# i.e. 2 × 65 × 65 = 8450 anchors per batch of two.
+# labels and the weights on the contrastive grid (`loss.contrastive.grid`). The release's 512×512
+# crop gives a 128×128 fused map resized to 65×65; the demo preset keeps the same ratio, about half
+# the stride-4 map of its crop:
+
+# %%
+for name in ("gta2cs_daformer_cluda", "miniscapes_cluda"):
+    c = load_config(name)
+    print(f"{name}: crop {c.data.crop_size}, stride-4 map {tuple(n // 4 for n in c.data.crop_size)}, "
+          f"contrastive grid {c.loss.contrastive.grid}")
+
+# %% [markdown]
+# A batch of two images therefore gives 2 × 65 × 65 = 8450 anchors in the paper and 2 × 16 × 32 =
+# 1024 in the demo (ignored cells are dropped). Random stand-in features on both grids:
 
 # %%
 # NBVAL_CHECK_OUTPUT
 feats = torch.randn(2, 64, 32, 64, generator=torch.Generator().manual_seed(0))  # stand-in fused maps
 labels = torch.stack([real[i]["label"] for i in (0, 1)])  # (2, 128, 256) trainIds
-for grid in [(32, 64), (65, 65)]:
+for grid in [(16, 32), (65, 65)]:
     f, y, _ = resize_for_contrast(feats, labels, None, size=grid)
     print(f"grid {grid}: features {tuple(f.shape)}, labels {tuple(y.shape)}, anchors B*h*w = {y.numel()}, "
           f"ignored {int((y == 255).sum())}")
-print("loss on the 32x64 grid:", round(float(pixel_contrastive_loss(*resize_for_contrast(feats, labels, size=(32, 64))[:2])), 4))
+loss = pixel_contrastive_loss(*resize_for_contrast(feats, labels, size=(16, 32))[:2])
+print(f"loss on the 16x32 grid: {float(loss):.3g}")  # 3 significant digits: the same on every machine
 
 # %% [markdown]
 # On the grid, each cell takes the label of the nearest label pixel. Cells on object boundaries
@@ -169,9 +177,15 @@ print("loss on the 32x64 grid:", round(float(pixel_contrastive_loss(*resize_for_
 # %%
 with torch.no_grad():
     fused = model(normalize(torch.stack([real[i]["image"] for i in (0, 1)]).float() / 255)).fused
-f, y, _ = resize_for_contrast(fused, labels, None, size=(32, 64))
-image_grid([[labels[0], y[0], pca_rgb(f[0])]],
-           [["label 128×256", "label on the 32×64 grid", "fused feature on the grid (PCA)"]], cell_size=2.0)
+f, y, _ = resize_for_contrast(fused, labels, None, size=(16, 32))
+fig = image_grid([[labels[0], y[0], pca_rgb(f[0])]],
+                 [["label 128×256", "label on the 16×32 grid", "fused feature on the grid (PCA)"]], cell_size=1.5)
+class_legend(fig, present_classes(labels[0], y[0]))
+fig
+
+# %% [markdown]
+# Compare the two label maps: thin poles and small signs shrink to a cell or vanish on the grid,
+# and object borders become staircases. The PCA map on the right is what the loss sees.
 
 # %% [markdown]
 # **Next:** notebook 04 writes the contrastive loss itself as a naive loop and checks the library
