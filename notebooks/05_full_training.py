@@ -29,31 +29,26 @@
 # Set `CLUDA_PROFILE=demo` (or `full`) in the environment before starting JupyterLab.
 
 # %%
-import os
-
-PROFILE = os.environ.get("CLUDA_PROFILE", "tiny")  # tiny | demo | full
-assert PROFILE in ("tiny", "demo", "full"), f"CLUDA_PROFILE={PROFILE!r}: expected tiny, demo or full"
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no busy-waiting threads on a shared CPU
-import numpy as np
-import torch
-
-torch.set_num_threads(2)
-torch.manual_seed(0)
-np.random.seed(0)
 # %matplotlib inline
-import matplotlib
+from cluda_kit.notebook import setup
 
-matplotlib.rcParams["figure.dpi"] = 64  # small PNGs: the notebooks stay well under 2 MB
-print(f"profile: {PROFILE}")
+nb = setup()  # profile (CLUDA_PROFILE: tiny | demo | full), threads, seeds, figure dpi, trained runs found
+PROFILE = nb.profile
 
 # %%
 from pathlib import Path
 
+import torch
 from IPython.display import display
 
-from cluda_kit.analysis.plots import debug_figure, image_grid, plot_curves
+from cluda_kit.analysis.plots import (class_legend, debug_figure, image_grid, plot_curves, present_classes,
+                                      value_colorbar)
 from cluda_kit.config import load_config
+from cluda_kit.data.labels import CLASSES
+from cluda_kit.data.miniscapes import Miniscapes
+from cluda_kit.data.sampling import class_pixel_counts, rcs_probabilities
 from cluda_kit.engine.trainer import Trainer, lr_at, print_summary
+from cluda_kit.uda.feature_distance import downscale_label_ratio
 
 # %% [markdown]
 # ## The paper's settings
@@ -85,6 +80,57 @@ for it in (0, 750, 1500, 20000, 39999):
     print(f"iter {it:5d}: encoder lr {lr:.3e} | head lr {lr * o.head_lr_mult:.3e}")
 
 # %% [markdown]
+# ## Two parts of the step not met yet: rare class sampling and the feature distance
+#
+# Both come from DAFormer and are switched on in the DAFormer and CLUDA presets.
+#
+# **Rare class sampling** (`data.rcs`). Source labels are long-tailed: road, building, vegetation
+# and sky cover most pixels; riders, bicycles and trains few. So the source batch is not drawn
+# uniformly. With f_c the class frequency (pixels of class c over all labelled pixels of the source
+# set), RCS first draws a class with P(c) ∝ exp((1 − f_c) / T), T = `data.rcs.temperature` = 0.01,
+# then an image holding more than `data.rcs.min_pixels` pixels of c, and re-crops it (up to
+# `data.rcs.max_tries` times) until the crop holds enough of c. `rcs_probabilities` gives P(c) for
+# the demo's source set, miniscapes `game`:
+
+# %%
+demo = load_config("miniscapes_cluda")
+game = Miniscapes("game", size=demo.data.source.size)  # the demo's source set
+counts = class_pixel_counts(game.class_stats(progress=False))  # pixels per class (cached on disk)
+freq, probs = counts / counts.sum(), rcs_probabilities(counts, demo.data.rcs.temperature)
+print(f"{len(game)} images, T = {demo.data.rcs.temperature}")
+for c in probs.argsort(descending=True).tolist():
+    print(f"{CLASSES[c]:<14} f_c = {float(freq[c]):.4f}   P(c) = {float(probs[c]):.3f}")
+
+# %% [markdown]
+# Read the list bottom up: the frequent classes get P(c) ≈ 0 — they appear in every image anyway —
+# and the rarest classes the highest P(c). With T this small, exp((1 − f_c) / T) grows by a factor e
+# for every 0.01 less frequency.
+#
+# **Feature distance** (`uda.fd`). In the paper the encoder starts from ImageNet weights, which
+# recognise objects well, and training on synthetic images alone erodes that. DAFormer keeps a
+# frozen copy of the pretrained encoder and adds λ_FD · mean ‖f_student − f_frozen‖₂ over the
+# bottleneck (stage-4, stride-32) features of the source image, counting only cells whose label is
+# a *thing* class: a cell keeps its class if that class covers at least `uda.fd.min_ratio` of its
+# 32×32 patch. λ_FD = `uda.fd.weight`. (The frozen copy is the student's encoder at iteration 0:
+# the pretrained weights when `model.pretrained` is set, else its random initialisation.) The
+# thing cells of twenty source crops of the demo's size:
+
+# %%
+fd = demo.uda.fd
+H, W = demo.data.crop_size
+crops = torch.stack([game[i]["label"][:H, :W] for i in range(20)])  # (20, H, W) source labels, one crop each
+cells = downscale_label_ratio(crops, 32, fd.min_ratio)  # (20, H/32, W/32) stride-32 cells
+is_thing = torch.isin(cells, torch.tensor(fd.thing_classes))
+print(f"lambda_FD = {fd.weight}, min_ratio = {fd.min_ratio}; thing classes:", ", ".join(CLASSES[c] for c in fd.thing_classes))
+print(f"cells per crop {tuple(cells.shape[1:])}; thing cells per crop:", is_thing.sum(dim=(1, 2)).tolist())
+print("their classes:", sorted({CLASSES[c] for c in cells[is_thing].tolist()}))
+
+# %% [markdown]
+# A 32×32 patch is large next to the objects of a small crop, so few cells qualify — mostly large
+# vehicles — and many batches have none (the loss is then 0). The `fd` panel of the live plot below
+# shows the term during training.
+
+# %% [markdown]
 # ## The run of this profile
 #
 # A run directory receives the resolved `config.yaml`, `metrics.jsonl`, TensorBoard events,
@@ -111,17 +157,29 @@ print(cfg.name, "| iterations", cfg.train.max_iters, "| eval every", cfg.train.e
 # The trainer calls every callback as `cb(trainer, record)` for each logged record (training
 # losses every `train.log_every` iterations, evaluations with `miou` and per-class `iou`). The
 # callback below redraws `plot_curves(trainer.history)` into one display handle — the figure updates
-# in place while the progress bar runs.
+# in place while the progress bar runs. Each panel's legend names its terms: `ce_src`/`ce_mix` and
+# `cl_src`/`cl_mix` are the source and mixed cross-entropy and contrastive terms, `fd` the feature
+# distance.
 
 # %%
-KEYS = ("loss", "ce", "cl", "miou")
-handle = display(plot_curves([], keys=KEYS, panel_size=(3.2, 2.4)), display_id=True)
+KEYS = ("loss", "ce", "cl", "fd", "miou")
+
+
+def curves(records):
+    """The training curves, titled with the run they show."""
+    fig = plot_curves(records, keys=KEYS, panel_size=(2.6, 2.2))
+    fig.suptitle(f"run {RUN_DIR.name} ({cfg.name}, {PROFILE} profile)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+# %%
+handle = display(curves([]), display_id=True)
 REDRAW = max(1, cfg.train.max_iters // 20)
 
 
 def live_plot(trainer, record):
     if "miou" in record or record["iter"] % REDRAW == 0:
-        handle.update(plot_curves(trainer.history, keys=KEYS, panel_size=(3.2, 2.4)))
+        handle.update(curves(trainer.history))
 
 # %%
 trainer = Trainer(cfg, RUN_DIR, callbacks=[live_plot], progress=True, overwrite=True)
@@ -174,11 +232,30 @@ def keep_two(batch, pred):
 
 
 resumed.evaluate(progress=False, callback=keep_two)
-image_grid([[img, lab, pred] for img, lab, pred in shown], [["target (val)", "ground truth", "prediction"]] * 2,
-           cell_size=1.8)
 
 # %%
-debug_figure(**resumed.debug_batch(), cell_size=1.8)
+titles = ["target (val)", "ground truth", f"prediction: {RUN_DIR.name}, iter {resumed.iter}"]
+fig = image_grid([[img, lab, pred] for img, lab, pred in shown], [titles] * 2, cell_size=1.3)
+class_legend(fig, present_classes(*[lab for _, lab, _ in shown], *[pred for *_, pred in shown]))
+fig
+
+# %% [markdown]
+# Compare the prediction with the ground truth class by class (the legend names the colours); the
+# `tiny` run confuses most classes, a trained run gets the large ones right first.
+
+# %%
+batch = resumed.debug_batch()
+fig = debug_figure(**batch, cell_size=1.3)
+fig.axes[0].set_title(f"source · run {RUN_DIR.name}, iter {resumed.iter}", fontsize=9)
+value_colorbar(fig, "pseudo-label weight", axes=[fig.axes[4]])
+class_legend(fig, present_classes(*(batch[k][0] for k in ("source_label", "pseudo_label", "mixed_label", "prediction"))))
+fig
+
+# %% [markdown]
+# One training step of this run: the weight panel holds the pseudo-label weight — q outside the
+# margins, 0 inside them (while the teacher is unsure, q and the whole panel stay near 0); the
+# mixed label combines the pasted source labels with the pseudo-labels; the last panel is the
+# student's prediction on the target image.
 
 # %% [markdown]
 # **Next:** notebook 06 looks at what the contrastive loss did to the fused feature space.
