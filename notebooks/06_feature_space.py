@@ -21,7 +21,7 @@
 # 1. extract fused features of source (`game`) and target (`real`) validation images —
 #    **class-balanced** (at most a fixed number of cells per class) and **purity-filtered** (a
 #    stride-4 cell counts for class c only if ≥ 90 % of its 4×4 label patch is c);
-# 2. project them with **t-SNE** and **UMAP**;
+# 2. project them with **t-SNE** (openTSNE, the kit's default backend) and **UMAP**;
 # 3. explore them in the `FeatureExplorer` widget (method, model, domain, classes);
 # 4. compare **cluster measures**: per-class silhouette (compactness and separation, cosine
 #    distance) and a domain-mixing score (1 = source and target points of a class are interleaved as
@@ -32,26 +32,17 @@
 # weak clusters; `demo`/`full`: longer).
 
 # %%
-import os
-
-PROFILE = os.environ.get("CLUDA_PROFILE", "tiny")  # tiny | demo | full
-assert PROFILE in ("tiny", "demo", "full"), f"CLUDA_PROFILE={PROFILE!r}: expected tiny, demo or full"
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no busy-waiting threads on a shared CPU
-import numpy as np
-import torch
-
-torch.set_num_threads(2)
-torch.manual_seed(0)
-np.random.seed(0)
 # %matplotlib inline
-import matplotlib
+from cluda_kit.notebook import setup
 
-matplotlib.rcParams["figure.dpi"] = 64  # small PNGs: the notebooks stay well under 2 MB
-print(f"profile: {PROFILE}")
+nb = setup()  # profile (CLUDA_PROFILE: tiny | demo | full), threads, seeds, figure dpi, trained runs found
+PROFILE = nb.profile
 
 # %%
 from pathlib import Path
 
+import numpy as np
+import torch
 from IPython.display import Markdown
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -164,8 +155,10 @@ fig.tight_layout(rect=(0, 0.08, 1, 1))
 fig
 
 # %% [markdown]
-# Projections are deterministic for a fixed seed (scikit-learn's t-SNE with `random_state`, UMAP
-# single-threaded with `random_state`), so a figure can be reproduced:
+# Projections are deterministic for a fixed seed: `embed(..., method="tsne")` runs openTSNE (when it
+# is installed, else scikit-learn's t-SNE) with `random_state = seed`, and UMAP runs single-threaded
+# with `random_state`. openTSNE's layout also depends on the number of cores it uses, so a figure
+# reproduces on the same machine:
 
 # %%
 # NBVAL_CHECK_OUTPUT
