@@ -2,7 +2,7 @@
 
 Every ``notebooks/NN_*.py`` has an ``.ipynb`` twin with the same code and markdown cells (jupytext reads
 both); each stored notebook is under 2 MB, has at least two ``# NBVAL_CHECK_OUTPUT`` cells, no
-``!pip``, and its first code cell's stored output names the profile.
+``!pip``, and its first code cell calls ``cluda_kit.notebook.setup()`` and its stored output names the profile.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ jupytext = pytest.importorskip("jupytext")
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 EXPECTED = ["01_mixing", "02_pseudo_labels", "03_fused_features", "04_contrastive_loss",
-            "05_full_training", "06_feature_space"]
+            "05_full_training", "06_feature_space", "07_hrda"]
 SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
 
 
@@ -50,7 +50,9 @@ def test_conventions(src: Path):
         assert c.get("outputs"), f"{ipynb.name}: a # NBVAL_CHECK_OUTPUT cell has no stored output"
     assert not any(re.search(r"^\s*[!%]pip\b", c.source, re.M) for c in code), f"{ipynb.name}: uses !pip"
     first = code[0]
-    assert 'os.environ.get("CLUDA_PROFILE", "tiny")' in first.source
-    assert "torch.set_num_threads(2)" in first.source
+    # the one setup helper (profile, threads from the machine, seeds, dpi, trained runs), no copies
+    assert "from cluda_kit.notebook import setup" in first.source and "setup(" in first.source, (
+        f"{ipynb.name}: the first code cell must call cluda_kit.notebook.setup()")
+    assert "set_num_threads" not in first.source, f"{ipynb.name}: threads come from setup()"
     text = "".join(o.get("text", "") for o in first.get("outputs", []) if o.get("output_type") == "stream")
     assert re.search(r"profile: (tiny|demo|full)\b", text), f"{ipynb.name}: first cell output {text!r} names no profile"
