@@ -4,6 +4,10 @@
     nb = setup()                      # prints: profile: demo | threads: 2 | runs: ...
     nb.profile                        # "tiny" | "demo" | "full" (CLUDA_PROFILE, default tiny)
     nb.run("cluda")                   # runs/notebooks/cluda if it was trained (make notebook-runs), else None
+    run = nb.run_or_train("cluda", train)  # that run, or train(out_dir) here into a temporary folder
+    read_metrics(run)                 # its metrics.jsonl records
+
+The runs are looked for in ``CLUDA_NOTEBOOK_RUNS`` if set, else ``<repo>/runs/notebooks``.
 
 Importing this module does not import torch, so ``setup()`` can still set ``OMP_WAIT_POLICY``
 before torch loads its OpenMP runtime (spinning OpenMP threads slow a small shared CPU down many
@@ -11,15 +15,22 @@ times over).
 """
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["PROFILES", "NOTEBOOK_RUNS", "Setup", "setup", "choose_threads", "repo_root"]
+__all__ = ["PROFILES", "NOTEBOOK_RUNS", "RUNS_ENV", "Setup", "setup", "choose_threads", "read_metrics",
+           "repo_root"]
 
 PROFILES = ("tiny", "demo", "full")
 NOTEBOOK_RUNS = ("source_only", "daformer", "cluda")
 """The runs ``make notebook-runs`` trains once (demo setting, seed 0) under ``runs/notebooks/``."""
+RUNS_ENV = "CLUDA_NOTEBOOK_RUNS"
+"""Environment variable naming another folder holding those runs (default ``<repo>/runs/notebooks``)."""
 
 
 def repo_root(start: str | Path | None = None) -> Path:
@@ -42,6 +53,18 @@ def choose_threads(limit: int = 4) -> int:
     return max(1, min(cores, limit))
 
 
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of ``RUN_DIR/metrics.jsonl`` in order (training records carry ``loss``, ``q``,
+    ...; evaluations ``miou`` and ``iou``); a line cut short by a crash is skipped."""
+    records = []
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 @dataclass
 class Setup:
     """What :func:`setup` chose."""
@@ -51,16 +74,46 @@ class Setup:
     seed: int
     root: Path
     runs: dict[str, Path] = field(default_factory=dict)
+    runs_dir: Path | None = None
+    trained_here: dict[str, float] = field(default_factory=dict)
+    """Seconds spent by :meth:`run_or_train` training each missing run in this notebook."""
+    _scratch: list = field(default_factory=list, repr=False)
 
     def run(self, name: str) -> Path | None:
         """The trained run ``name`` (e.g. "cluda") if its directory has a summary, else None."""
         return self.runs.get(name)
 
-    def describe(self) -> str:
-        def short(p: Path) -> str:
-            return str(p.relative_to(self.root)) if p.is_relative_to(self.root) else str(p)
+    def short(self, path: str | Path) -> str:
+        """``path`` relative to the repository root where it lies inside it (for printing)."""
+        path = Path(path)
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
 
-        found = ", ".join(f"{k}={short(v)}" for k, v in self.runs.items()) or "none"
+    def run_or_train(self, name: str, train: Callable[[Path], str]) -> Path:
+        """The trained run ``name`` if :meth:`run` finds it; else ``train(out_dir)`` trains a
+        stand-in here, into a temporary folder kept while this object lives, and returns a short
+        description (e.g. "40 iterations of miniscapes_tiny"). Prints one line saying which:
+        ``cluda: read runs/notebooks/cluda (miniscapes_cluda, iteration 400)`` or
+        ``cluda: no run at runs/notebooks/cluda, trained here: <description> in 12 s``."""
+        found = self.run(name)
+        if found is not None:
+            summary = json.loads((found / "summary.json").read_text())
+            preset = f"{summary['preset']}, " if summary.get("preset") else ""
+            print(f"{name}: read {self.short(found)} ({preset}iteration {summary.get('iter')})")
+            return found
+        scratch = tempfile.TemporaryDirectory(prefix=f"cluda_nb_{name}_")
+        self._scratch.append(scratch)
+        out = Path(scratch.name)
+        start = time.perf_counter()
+        what = train(out)
+        self.trained_here[name] = time.perf_counter() - start
+        missing = self.short(self.runs_dir / name) if self.runs_dir is not None else name
+        print(f"{name}: no run at {missing}, trained here: {what} in {self.trained_here[name]:.0f} s")
+        return out
+
+    def describe(self) -> str:
+        found = ", ".join(f"{k}={self.short(v)}" for k, v in self.runs.items())
+        if not found:
+            found = f"none in {self.short(self.runs_dir)}" if self.runs_dir is not None else "none"
         return (f"profile: {self.profile} | threads: {self.threads} | seed: {self.seed} | "
                 f"trained runs: {found}")
 
@@ -76,7 +129,9 @@ def setup(profile: str | None = None, *, seed: int = 0, threads: int | None = No
         seed: seeds Python's ``random``, NumPy's global generator and torch.
         threads: torch CPU threads; default :func:`choose_threads`.
         dpi: matplotlib figure resolution (inline PNGs).
-        runs_dir: where ``make notebook-runs`` wrote its runs; default ``<repo>/runs/notebooks``.
+        runs_dir: where ``make notebook-runs`` wrote its runs; default the ``CLUDA_NOTEBOOK_RUNS``
+            environment variable, else ``<repo>/runs/notebooks``; a relative path is taken from
+            the repository root (notebooks run in ``notebooks/``).
         verbose: print :meth:`Setup.describe` (the notebook's first output).
 
     Raises:
@@ -100,9 +155,10 @@ def setup(profile: str | None = None, *, seed: int = 0, threads: int | None = No
     matplotlib.rcParams["figure.dpi"] = dpi
     matplotlib.rcParams["savefig.dpi"] = dpi
     root = repo_root()
-    base = Path(runs_dir) if runs_dir is not None else root / "runs" / "notebooks"
+    base = Path(runs_dir if runs_dir is not None else os.environ.get(RUNS_ENV) or root / "runs" / "notebooks")
+    base = base if base.is_absolute() else root / base
     found = {name: base / name for name in NOTEBOOK_RUNS if (base / name / "summary.json").is_file()}
-    out = Setup(profile=profile, threads=threads, seed=seed, root=root, runs=found)
+    out = Setup(profile=profile, threads=threads, seed=seed, root=root, runs=found, runs_dir=base)
     if verbose:
         print(out.describe())
     return out

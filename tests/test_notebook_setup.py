@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cluda_kit.notebook import NOTEBOOK_RUNS, choose_threads, repo_root, setup
+from cluda_kit.notebook import NOTEBOOK_RUNS, RUNS_ENV, choose_threads, read_metrics, repo_root, setup
 
 
 def test_importing_the_helper_does_not_load_torch():
@@ -48,6 +48,54 @@ def test_setup_profile_seeds_and_runs(tmp_path, monkeypatch, capsys):
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("profile: demo | threads: 1") and "cluda=" in first
     assert set(NOTEBOOK_RUNS) == {"source_only", "daformer", "cluda"}
+
+
+@pytest.fixture
+def keep_threads():
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_runs_folder_from_the_environment(tmp_path, monkeypatch, capsys, keep_threads):
+    (tmp_path / "source_only").mkdir()
+    (tmp_path / "source_only" / "summary.json").write_text(json.dumps({"iter": 400, "preset": "miniscapes_source_only"}))
+    monkeypatch.setenv(RUNS_ENV, str(tmp_path))
+    nb = setup("tiny", threads=1)
+    assert nb.runs_dir == tmp_path and nb.run("source_only") == tmp_path / "source_only"
+    assert "source_only=" in capsys.readouterr().out
+    monkeypatch.setenv(RUNS_ENV, "runs/elsewhere")  # relative: from the repository root
+    nb = setup("tiny", threads=1)
+    assert nb.runs_dir == repo_root() / "runs" / "elsewhere" and nb.runs == {}
+    assert "trained runs: none in runs/elsewhere" in capsys.readouterr().out
+
+
+def test_run_or_train_reads_a_run_and_trains_a_missing_one(tmp_path, capsys, keep_threads):
+    (tmp_path / "cluda").mkdir()
+    (tmp_path / "cluda" / "summary.json").write_text(json.dumps({"iter": 400, "preset": "miniscapes_cluda"}))
+    nb = setup("tiny", runs_dir=tmp_path, threads=1, verbose=False)
+    calls = []
+
+    def train(out):
+        calls.append(out)
+        (out / "metrics.jsonl").write_text('{"iter": 1, "q": 0.0}\n{"iter": 2, "q": 0.5}\n{"iter": 3, "q"')
+        return "2 iterations of a fake"
+
+    assert nb.run_or_train("cluda", train) == tmp_path / "cluda" and not calls
+    out = nb.run_or_train("daformer", train)
+    assert calls == [out] and out.is_dir() and not out.is_relative_to(tmp_path)
+    assert [r["q"] for r in read_metrics(out)] == [0.0, 0.5]  # the cut last line is skipped
+    assert set(nb.trained_here) == {"daformer"} and nb.trained_here["daformer"] >= 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"cluda: read {tmp_path / 'cluda'} (miniscapes_cluda, iteration 400)"
+    assert lines[1].startswith(f"daformer: no run at {tmp_path / 'daformer'}, trained here: 2 iterations of a fake in ")
+    del nb  # the temporary run folder goes with the Setup
+    import gc
+
+    gc.collect()
+    assert not out.exists()
 
 
 def test_unknown_profile_is_named(monkeypatch):
