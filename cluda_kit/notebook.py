@@ -77,6 +77,9 @@ class Setup:
     runs_dir: Path | None = None
     trained_here: dict[str, float] = field(default_factory=dict)
     """Seconds spent by :meth:`run_or_train` training each missing run in this notebook."""
+    origins: dict[str, str] = field(default_factory=dict)
+    """Where each run of :meth:`run_or_train` came from, for figure titles: its folder
+    (``runs/notebooks/cluda``) or ``trained here: <description>``."""
     _scratch: list = field(default_factory=list, repr=False)
 
     def run(self, name: str) -> Path | None:
@@ -99,6 +102,7 @@ class Setup:
             summary = json.loads((found / "summary.json").read_text())
             preset = f"{summary['preset']}, " if summary.get("preset") else ""
             print(f"{name}: read {self.short(found)} ({preset}iteration {summary.get('iter')})")
+            self.origins[name] = self.short(found)
             return found
         scratch = tempfile.TemporaryDirectory(prefix=f"cluda_nb_{name}_")
         self._scratch.append(scratch)
@@ -106,6 +110,7 @@ class Setup:
         start = time.perf_counter()
         what = train(out)
         self.trained_here[name] = time.perf_counter() - start
+        self.origins[name] = f"trained here: {what}"
         missing = self.short(self.runs_dir / name) if self.runs_dir is not None else name
         print(f"{name}: no run at {missing}, trained here: {what} in {self.trained_here[name]:.0f} s")
         return out

@@ -49,10 +49,12 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from cluda_kit.analysis.plots import class_legend, confidence_map, image_grid, present_classes, value_colorbar
+from cluda_kit.analysis.runs import load_run_model
 from cluda_kit.config import load_config
 from cluda_kit.data.miniscapes import Miniscapes
 from cluda_kit.data.transforms import normalize
 from cluda_kit.engine.trainer import Trainer
+from cluda_kit.notebook import read_metrics
 from cluda_kit.uda.ema import ema_alpha
 from cluda_kit.uda.mixing import class_mix_masks, mix
 from cluda_kit.uda.pseudo_label import pseudo_label, pseudo_label_stats
@@ -103,74 +105,89 @@ fig.tight_layout()
 fig
 
 # %% [markdown]
-# ## A short self-training run that records q
+# ## q during training, read from the trained CLUDA run
 #
-# We train the CLUDA preset on miniscapes (`game` → `real`) for a few iterations (`tiny`: seconds;
-# `demo`/`full`: longer) and attach a **callback**. The trainer calls `cb(trainer, record)` for
-# every logged record; the training records carry `q` of that step's target batch. The callback
-# below also runs the teacher (`trainer.teacher`, an `EMATeacher`; calling it runs the network
-# without gradients) on a fixed batch of target validation images and records the
-# fraction of confident pixels at several thresholds — so we see the confidence *grow* even while
-# q at τ = 0.968 is still 0.
+# The trainer logs q of each logged step's target batch (every `train.log_every` iterations) in the
+# run's `metrics.jsonl`, and its checkpoint holds the EMA teacher next to the student. We read the
+# CLUDA run that `make notebook-runs` trains once (`runs/notebooks/cluda`: the demo setting,
+# seed 0): q from its metrics, the teacher with `load_run_model(run, "teacher")`. Only when that
+# run is missing does the next cell train a short stand-in here (`tiny`: 40 iterations of
+# `miniscapes_tiny`, seconds; `demo`/`full`: 200 iterations of `miniscapes_cluda`, minutes). Its
+# printed line says which of the two every figure below shows.
 
 # %%
-ITERS = {"tiny": 40, "demo": 1000, "full": 3000}[PROFILE]
-preset = "miniscapes_tiny" if PROFILE == "tiny" else "miniscapes_cluda"
-short = ["optim.warmup_iters=5"] if PROFILE == "tiny" else []  # tiny: skip most of the lr warm-up
-cfg = load_config(preset, [f"train.max_iters={ITERS}", "train.eval_every=0", "train.log_every=1",
-                           "train.figure_every=0", *short])
-val = Miniscapes("real", "val", size=cfg.data.val.size)
-x_val = torch.stack([val[i]["image"] for i in range(4)]).float() / 255
-THRESHOLDS = (0.3, 0.5, 0.7, 0.9, 0.968)
-q_log = []
+def train_stand_in(out_dir):
+    """Only when runs/notebooks/cluda is missing: a short CLUDA run in out_dir."""
+    iters = {"tiny": 40, "demo": 200, "full": 200}[PROFILE]
+    preset = "miniscapes_tiny" if PROFILE == "tiny" else "miniscapes_cluda"
+    short = ["optim.warmup_iters=5"] if PROFILE == "tiny" else []  # tiny: skip most of the lr warm-up
+    cfg = load_config(preset, [f"train.max_iters={iters}", "train.eval_every=0", "train.figure_every=0", *short])
+    Trainer(cfg, out_dir, progress=False).fit()
+    return f"{iters} iterations of {preset}"
 
 
-def record_q(trainer, record):
-    if "q" in record and (record["iter"] % max(1, ITERS // 12) == 0 or record["iter"] == 1):
-        conf = F.softmax(trainer.teacher(normalize(x_val)).logits, dim=1).amax(dim=1)
-        q_log.append({"iter": record["iter"], "q_train": record["q"],
-                      **{f"p>={t}": float((conf >= t).float().mean()) for t in THRESHOLDS}})
-
-# %%
-trainer = Trainer(cfg, callbacks=[record_q], progress=True)
-summary = trainer.fit()
+RUN = nb.run_or_train("cluda", train_stand_in)
+SHOWN = nb.origins["cluda"]  # the run every figure below shows
+cfg = load_config(RUN / "config.yaml")
+records = [r for r in read_metrics(RUN) if "q" in r]  # the training records (evaluations carry miou)
+ITERS = records[-1]["iter"]
+teacher = load_run_model(RUN, "teacher")  # the EMA teacher of checkpoints/last.pt, eval mode
 
 # %%
-fig = Figure(figsize=(7.5, 3.5))
+its, qs = np.array([r["iter"] for r in records]), np.array([r["q"] for r in records])
+above = its[qs >= 0.5]
+tail = qs[-max(1, len(qs) // 10):]
+print(f"{len(qs)} logged steps, iterations {its[0]}-{ITERS} | last q = 0 at iteration "
+      f"{its[qs == 0].max() if (qs == 0).any() else '-'} | first q >= 0.5 at "
+      f"{above.min() if len(above) else 'none'} | mean q of the last {len(tail)} logged steps {tail.mean():.3f}")
+
+# %%
+window = max(1, len(qs) // 20)
+smooth = np.convolve(qs, np.ones(window) / window, mode="valid")
+fig = Figure(figsize=(7.5, 3.2))
 ax = fig.subplots()
-its = [r["iter"] for r in q_log]
-for t in THRESHOLDS:
-    ax.plot(its, [r[f"p>={t}"] for r in q_log], marker="o", ms=3, label=f"fraction p ≥ {t} (val batch)")
-ax.plot(its, [r["q_train"] for r in q_log], "k--", label="q logged by the trainer (τ = 0.968)")
-ax.set(xlabel="iteration", ylabel="fraction of pixels", ylim=(-0.02, 1.02), title="teacher confidence during training")
-ax.legend(fontsize=7)
+ax.plot(its, qs, ".", ms=3, c="0.6", label="q of a logged step (its target batch)")
+ax.plot(its[window - 1:], smooth, "k-", label=f"running mean over {window} logged steps")
+ax.set(xlabel="iteration", ylabel="q (fraction with p ≥ 0.968)", ylim=(-0.02, 1.02),
+       title=f"q during training · CLUDA, {SHOWN}")
+ax.legend(fontsize=7, loc="upper left")
 fig.tight_layout()
 fig
 
 # %% [markdown]
-# In the `tiny` profile the teacher has seen a handful of steps: its confidence rises but hardly any
-# pixel reaches 0.968 yet, so q ≈ 0 and the mixed loss learns from the pasted source pixels only.
-# This is the intended warm-up behaviour — wrong pseudo-labels with full weight early on would
-# reinforce themselves. With `CLUDA_PROFILE=demo` (1000 iterations) q climbs well above 0.
+# Every logged point is one target batch of two images, so q jumps from step to step; the running
+# mean shows the trend. At the start the teacher is a random network and no pixel reaches 0.968:
+# q = 0 and the mixed loss learns from the pasted source pixels only. This is the intended warm-up
+# — wrong pseudo-labels at full weight would reinforce themselves. As the teacher grows confident,
+# q rises; the line above the figure gives how far and how fast in this run (a stand-in trained
+# here for seconds may not leave 0 at all).
 
 # %% [markdown]
 # ## Teacher predictions and confidence maps
 #
-# The teacher runs on clean target images (no augmentation). Pixels with p ≥ τ are the ones that
-# count towards q; note where the teacher is unsure — object boundaries, small and rare classes.
+# The run's EMA teacher on clean target validation images (no augmentation). Pixels with p ≥ τ
+# are the ones that count towards q; note where the teacher is unsure — object boundaries, small
+# and rare classes.
 
 # %%
-t_logits = trainer.teacher(normalize(x_val)).logits  # EMATeacher.__call__: its mode, no grad
+val = Miniscapes("real", "val", size=cfg.data.val.size)
+x_val = torch.stack([val[i]["image"] for i in range(4)]).float() / 255
+with torch.no_grad():
+    t_logits = teacher(normalize(x_val)).logits
 t_logits = F.interpolate(t_logits, size=x_val.shape[-2:], mode="bilinear", align_corners=False)
 probs = F.softmax(t_logits, dim=1)
 pl, pw = pseudo_label(t_logits, threshold=cfg.uda.pseudo_threshold)
 conf = confidence_map(probs)  # (B, H, W) max probability
 y_val = [val[i]["label"] for i in range(2)]
+stats = pseudo_label_stats(t_logits)
+print(f"teacher at iteration {ITERS} on {len(x_val)} val images: mean confidence {stats['mean_confidence']:.3f} | "
+      f"q = {stats['q']:.3f}")
 
 # %%
-titles = ["target (val)", "ground truth", f"teacher's ŷ ({ITERS} it.)", "confidence p", "p ≥ 0.968 (white)"]
+titles = ["target (val)", "ground truth", f"teacher's ŷ (it. {ITERS})", "confidence p", "p ≥ 0.968 (white)"]
 fig = image_grid([[x_val[i], y_val[i], pl[i], conf[i], conf[i] >= 0.968] for i in range(2)], [titles] * 2,
                  cell_size=1.3)
+fig.suptitle(f"EMA teacher · CLUDA, {SHOWN}", y=1.0, va="bottom", fontsize=9)  # above the panel titles
 value_colorbar(fig, "confidence p", axes=[fig.axes[3], fig.axes[8]])
 class_legend(fig, present_classes(*y_val, pl[:2]))
 fig
@@ -179,17 +196,19 @@ fig
 # ## The weight q against the threshold
 #
 # q is a step function of τ over the teacher's confidence distribution. The paper's τ = 0.968 sits
-# far in the tail — it is chosen for a *trained* teacher, whose confidences pile up near 1.
+# far in the tail — it is chosen for a *trained* teacher, whose confidences pile up near 1. The
+# curve is the same teacher on the same four validation images.
 
 # %%
 taus = np.linspace(0.3, 0.999, 200)
 p_all = probs.amax(dim=1).flatten()
 fig = Figure(figsize=(5, 2.8))
 ax = fig.subplots()
-ax.plot(taus, [float((p_all >= t).float().mean()) for t in taus])
+ax.plot(taus, [float((p_all >= t).float().mean()) for t in taus], label="EMA teacher, 4 val images")
 ax.axvline(0.968, ls="--", c="r", label="τ = 0.968")
-ax.set(xlabel="threshold τ", ylabel="q = fraction with p ≥ τ", title=f"q vs τ after {ITERS} iterations")
-ax.legend()
+ax.set(xlabel="threshold τ", ylabel="q = fraction with p ≥ τ", title=f"q vs τ · iteration {ITERS}, {SHOWN}")
+ax.title.set_fontsize(8)
+ax.legend(fontsize=7)
 fig.tight_layout()
 fig
 

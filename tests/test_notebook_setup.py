@@ -88,6 +88,7 @@ def test_run_or_train_reads_a_run_and_trains_a_missing_one(tmp_path, capsys, kee
     assert calls == [out] and out.is_dir() and not out.is_relative_to(tmp_path)
     assert [r["q"] for r in read_metrics(out)] == [0.0, 0.5]  # the cut last line is skipped
     assert set(nb.trained_here) == {"daformer"} and nb.trained_here["daformer"] >= 0
+    assert nb.origins == {"cluda": str(tmp_path / "cluda"), "daformer": "trained here: 2 iterations of a fake"}
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"cluda: read {tmp_path / 'cluda'} (miniscapes_cluda, iteration 400)"
     assert lines[1].startswith(f"daformer: no run at {tmp_path / 'daformer'}, trained here: 2 iterations of a fake in ")
