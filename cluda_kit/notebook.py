@@ -23,14 +23,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["PROFILES", "NOTEBOOK_RUNS", "RUNS_ENV", "Setup", "setup", "choose_threads", "read_metrics",
-           "repo_root"]
+__all__ = ["PROFILES", "NOTEBOOK_RUNS", "RUNS_ENV", "STAND_IN_ITERS", "Setup", "setup", "choose_threads",
+           "read_metrics", "repo_root", "stand_in_config", "train_stand_in"]
 
 PROFILES = ("tiny", "demo", "full")
 NOTEBOOK_RUNS = ("source_only", "daformer", "cluda")
 """The runs ``make notebook-runs`` trains once (demo setting, seed 0) under ``runs/notebooks/``."""
 RUNS_ENV = "CLUDA_NOTEBOOK_RUNS"
 """Environment variable naming another folder holding those runs (default ``<repo>/runs/notebooks``)."""
+STAND_IN_ITERS = {"tiny": 40, "demo": 200, "full": 200}
+"""Iterations of the short stand-in a notebook trains, per profile, when a run is missing."""
+_TINY_SWITCHES = {  # miniscapes_tiny is CLUDA; these make it the method of miniscapes_<name>
+    "source_only": ["uda.mode=source_only", "data.rcs.enabled=false", "uda.fd.enabled=false",
+                    "loss.contrastive.enabled=false"],
+    "daformer": ["loss.contrastive.enabled=false"],
+    "cluda": [],
+}
 
 
 def repo_root(start: str | Path | None = None) -> Path:
@@ -65,6 +73,31 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return records
 
 
+def stand_in_config(name: str, profile: str, iters: int):
+    """The config of a short stand-in for the run ``name`` (one of :data:`NOTEBOOK_RUNS`): in the
+    ``tiny`` profile ``miniscapes_tiny`` switched to that method (and a 5-iteration lr warm-up),
+    else the method's demo preset ``miniscapes_<name>``; ``iters`` iterations, evaluated and saved
+    once at the end, no figures."""
+    from cluda_kit.config import load_config
+
+    if name not in _TINY_SWITCHES:
+        raise ValueError(f"stand-in {name!r}: expected one of {', '.join(_TINY_SWITCHES)}")
+    preset = "miniscapes_tiny" if profile == "tiny" else f"miniscapes_{name}"
+    extra = [*_TINY_SWITCHES[name], "optim.warmup_iters=5"] if profile == "tiny" else []
+    return load_config(preset, [f"train.max_iters={iters}", "train.eval_every=0", "train.checkpoint_every=0",
+                                "train.figure_every=0", *extra])
+
+
+def train_stand_in(name: str, profile: str, iters: int, out_dir: str | Path) -> str:
+    """Train :func:`stand_in_config` into ``out_dir`` (a run directory); returns what it trained,
+    e.g. "40 iterations of miniscapes_tiny as source_only"."""
+    from cluda_kit.engine.trainer import Trainer
+
+    cfg = stand_in_config(name, profile, iters)
+    Trainer(cfg, out_dir, progress=False).fit()
+    return f"{iters} iterations of {cfg.name}" + (f" as {name}" if cfg.name == "miniscapes_tiny" else "")
+
+
 @dataclass
 class Setup:
     """What :func:`setup` chose."""
@@ -91,12 +124,15 @@ class Setup:
         path = Path(path)
         return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
 
-    def run_or_train(self, name: str, train: Callable[[Path], str]) -> Path:
+    def run_or_train(self, name: str, train: Callable[[Path], str] | None = None, *,
+                     iters: dict[str, int] | None = None) -> Path:
         """The trained run ``name`` if :meth:`run` finds it; else ``train(out_dir)`` trains a
         stand-in here, into a temporary folder kept while this object lives, and returns a short
-        description (e.g. "40 iterations of miniscapes_tiny"). Prints one line saying which:
+        description. The default ``train`` is :func:`train_stand_in` of the same method for
+        ``iters[profile]`` iterations (default :data:`STAND_IN_ITERS`). Prints one line saying which:
         ``cluda: read runs/notebooks/cluda (miniscapes_cluda, iteration 400)`` or
-        ``cluda: no run at runs/notebooks/cluda, trained here: <description> in 12 s``."""
+        ``cluda: no run at runs/notebooks/cluda, trained here: 40 iterations of miniscapes_tiny as
+        cluda in 16 s``."""
         found = self.run(name)
         if found is not None:
             summary = json.loads((found / "summary.json").read_text())
@@ -104,6 +140,11 @@ class Setup:
             print(f"{name}: read {self.short(found)} ({preset}iteration {summary.get('iter')})")
             self.origins[name] = self.short(found)
             return found
+        if train is None:
+            n = (iters or STAND_IN_ITERS)[self.profile]
+
+            def train(out: Path) -> str:
+                return train_stand_in(name, self.profile, n, out)
         scratch = tempfile.TemporaryDirectory(prefix=f"cluda_nb_{name}_")
         self._scratch.append(scratch)
         out = Path(scratch.name)

@@ -53,7 +53,6 @@ from cluda_kit.analysis.runs import load_run_model
 from cluda_kit.config import load_config
 from cluda_kit.data.miniscapes import Miniscapes
 from cluda_kit.data.transforms import normalize
-from cluda_kit.engine.trainer import Trainer
 from cluda_kit.notebook import read_metrics
 from cluda_kit.uda.ema import ema_alpha
 from cluda_kit.uda.mixing import class_mix_masks, mix
@@ -111,22 +110,12 @@ fig
 # run's `metrics.jsonl`, and its checkpoint holds the EMA teacher next to the student. We read the
 # CLUDA run that `make notebook-runs` trains once (`runs/notebooks/cluda`: the demo setting,
 # seed 0): q from its metrics, the teacher with `load_run_model(run, "teacher")`. Only when that
-# run is missing does the next cell train a short stand-in here (`tiny`: 40 iterations of
+# run is missing does `nb.run_or_train` train a short stand-in here (`tiny`: 40 iterations of
 # `miniscapes_tiny`, seconds; `demo`/`full`: 200 iterations of `miniscapes_cluda`, minutes). Its
 # printed line says which of the two every figure below shows.
 
 # %%
-def train_stand_in(out_dir):
-    """Only when runs/notebooks/cluda is missing: a short CLUDA run in out_dir."""
-    iters = {"tiny": 40, "demo": 200, "full": 200}[PROFILE]
-    preset = "miniscapes_tiny" if PROFILE == "tiny" else "miniscapes_cluda"
-    short = ["optim.warmup_iters=5"] if PROFILE == "tiny" else []  # tiny: skip most of the lr warm-up
-    cfg = load_config(preset, [f"train.max_iters={iters}", "train.eval_every=0", "train.figure_every=0", *short])
-    Trainer(cfg, out_dir, progress=False).fit()
-    return f"{iters} iterations of {preset}"
-
-
-RUN = nb.run_or_train("cluda", train_stand_in)
+RUN = nb.run_or_train("cluda")  # the run, else a stand-in trained here (STAND_IN_ITERS of the profile)
 SHOWN = nb.origins["cluda"]  # the run every figure below shows
 cfg = load_config(RUN / "config.yaml")
 records = [r for r in read_metrics(RUN) if "q" in r]  # the training records (evaluations carry miou)

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from cluda_kit.notebook import NOTEBOOK_RUNS, RUNS_ENV, choose_threads, read_metrics, repo_root, setup
+from cluda_kit.notebook import (NOTEBOOK_RUNS, RUNS_ENV, choose_threads, read_metrics, repo_root, setup,
+                                stand_in_config)
 
 
 def test_importing_the_helper_does_not_load_torch():
@@ -97,6 +98,21 @@ def test_run_or_train_reads_a_run_and_trains_a_missing_one(tmp_path, capsys, kee
 
     gc.collect()
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_RUNS)
+def test_a_tiny_stand_in_is_the_method_of_its_preset(name):
+    from cluda_kit.config import load_config
+
+    tiny, preset = stand_in_config(name, "tiny", 7), load_config(f"miniscapes_{name}")
+    assert tiny.name == "miniscapes_tiny" and tiny.train.max_iters == 7
+    assert tiny.uda.mode == preset.uda.mode
+    assert (tiny.data.rcs.enabled, tiny.uda.fd.enabled, tiny.loss.contrastive.enabled) == (
+        preset.data.rcs.enabled, preset.uda.fd.enabled, preset.loss.contrastive.enabled)
+    demo = stand_in_config(name, "demo", 200)
+    assert demo.name == f"miniscapes_{name}" and demo.train.max_iters == 200 and demo.model == preset.model
+    with pytest.raises(ValueError, match="expected one of source_only"):
+        stand_in_config("hrda", "tiny", 1)
 
 
 def test_unknown_profile_is_named(monkeypatch):
