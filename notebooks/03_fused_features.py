@@ -43,10 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from cluda_kit.analysis.plots import class_legend, image_grid, pca_rgb, present_classes
+from cluda_kit.analysis.runs import load_run_model
 from cluda_kit.config import ModelConfig, load_config
 from cluda_kit.data.miniscapes import Miniscapes
 from cluda_kit.data.transforms import normalize
-from cluda_kit.engine.trainer import Trainer
 from cluda_kit.models import build_segmentor
 from cluda_kit.uda.contrastive import pixel_contrastive_loss, resize_for_contrast
 
@@ -106,17 +106,18 @@ print("equals out.fused:", torch.allclose(fused, out.fused, atol=1e-5))
 #
 # A D-channel map cannot be drawn directly. `pca_rgb` projects every pixel's feature on the map's
 # three principal components and shows them as R, G, B: pixels with similar features get similar
-# colours. To see something more meaningful than a random network, we first train the model briefly
-# on the source domain (`tiny`: a few iterations; `demo`/`full`: longer).
+# colours. A random network's features mean little, so we look at a trained one: the **student of
+# the CLUDA run** that `make notebook-runs` trains once (`runs/notebooks/cluda`, the demo setting,
+# seed 0), loaded with `load_run_model`. Only when that run is missing does `nb.run_or_train` train
+# a short stand-in here (`tiny`: 40 iterations of `miniscapes_tiny`, seconds; `demo`/`full`: 200
+# iterations of `miniscapes_cluda`); the printed line says which the figures show.
 
 # %%
-ITERS = {"tiny": 30, "demo": 400, "full": 2000}[PROFILE]
-short = ["optim.warmup_iters=5"] if PROFILE == "tiny" else []
-train_cfg = load_config("miniscapes_source_only", [f"train.max_iters={ITERS}", "train.eval_every=0",
-                                                   "train.figure_every=0", "train.log_every=10", *short])
-trainer = Trainer(train_cfg, progress=True)
-trainer.fit()
-model = trainer.student.eval()
+RUN = nb.run_or_train("cluda")  # the run, else a stand-in trained here
+SHOWN = nb.origins["cluda"]
+model = load_run_model(RUN)  # the student of checkpoints/last.pt, built from the run's config.yaml, eval mode
+run_model = load_config(RUN / "config.yaml").model
+print(f"{SHOWN}: encoder {run_model.encoder}, level embeddings {run_model.embed_dim} ch, fused D = {run_model.fused_dim}")
 
 # %%
 with torch.no_grad():
@@ -126,6 +127,7 @@ titles = [f"stage {i + 1}: {s.shape[1]} ch, {s.shape[-2]}×{s.shape[-1]}" for i,
 titles.append(f"fused: {out.fused.shape[1]} ch, {out.fused.shape[-2]}×{out.fused.shape[-1]}")
 fig = image_grid([[image, label, maps[4]], maps[:4]], [["target image", "ground truth", titles[4]], titles[:4]],
                  cell_size=1.5)
+fig.suptitle(f"CLUDA student · {SHOWN}", y=1.0, va="bottom", fontsize=9)
 class_legend(fig, present_classes(label))
 fig
 
@@ -133,7 +135,7 @@ fig
 # The legend names the ground-truth colours; the PCA colours have no fixed meaning (each map gets
 # its own three components), only *equal colour = similar feature* within one map. The early
 # stages are fine-grained and follow colour and texture; the late stages are coarse
-# (4×8 cells at stride 32) and semantic. The fused map combines both: stride-4 resolution with
+# (4×8 cells at stride 32) and, in a trained model, semantic. The fused map combines both: stride-4 resolution with
 # context from every level. This is why CLUDA contrasts *this* map — pixels of one class should
 # have similar fused features regardless of the domain, and the loss can push them together at
 # full stride-4 detail.
@@ -180,6 +182,7 @@ with torch.no_grad():
 f, y, _ = resize_for_contrast(fused, labels, None, size=(16, 32))
 fig = image_grid([[labels[0], y[0], pca_rgb(f[0])]],
                  [["label 128×256", "label on the 16×32 grid", "fused feature on the grid (PCA)"]], cell_size=1.5)
+fig.suptitle(f"CLUDA student · {SHOWN}", y=1.0, va="bottom", fontsize=9)
 class_legend(fig, present_classes(labels[0], y[0]))
 fig
 
