@@ -118,3 +118,25 @@ def test_shipped_encoder_matches_its_record():
 def test_unknown_kit_weights_name_lists_what_ships():
     with pytest.raises(FileNotFoundError, match="mit_nano_fractal"):
         kit_weights_path("kit:nope")
+
+
+def test_demo_presets_start_from_the_shipped_encoder_and_fd_uses_it(tmp_path):
+    """The miniscapes presets load kit:mit_nano_fractal into the student's encoder, and the
+    feature distance's frozen reference network holds the same weights (as the paper's ImageNet
+    encoder), not a random network."""
+    from cluda_kit.config import load_config
+    from cluda_kit.engine.trainer import Trainer
+
+    cfg = load_config("miniscapes_tiny")
+    assert cfg.model.pretrained == "kit:mit_nano_fractal"
+    for preset in ("miniscapes_source_only", "miniscapes_daformer", "miniscapes_cluda", "miniscapes_oracle"):
+        assert load_config(preset).model.pretrained == "kit:mit_nano_fractal", preset
+    shipped = torch.load(kit_weights_path("mit_nano_fractal"), weights_only=True)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert trainer.imnet is not None
+    student = trainer.student.encoder.state_dict()
+    reference = trainer.imnet.state_dict()
+    for key, value in shipped.items():
+        assert torch.equal(student[key], value.float()), key
+        assert torch.equal(reference[key], value.float()), key
+    assert not any(p.requires_grad for p in trainer.imnet.parameters())
