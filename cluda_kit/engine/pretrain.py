@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..data.fractals import ifs_categories, render_fractals
 from ..data.transforms import normalize
 from ..models.segmentor import build_encoder
+from .trainer import _atomic_torch_save, _atomic_write_text
 
 __all__ = ["PretrainConfig", "FractalClassifier", "pretrain_encoder", "save_encoder", "evaluate_accuracy"]
 
@@ -151,16 +152,10 @@ def save_encoder(encoder: nn.Module, path: str | Path, record: dict, *, command:
     ``path`` and the provenance record with its sha256 to ``path`` + ``.json``, both atomically.
     Returns the record as written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float16) for k, v in encoder.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    _atomic_torch_save(state, path)
     record = dict(record, command=command, file=path.name, bytes=path.stat().st_size,
                   sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
                   tensors=len(state), parameters=sum(v.numel() for v in state.values()))
-    meta = path.with_name(path.name + ".json")
-    tmp = meta.with_name(meta.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(meta)
+    _atomic_write_text(path.with_name(path.name + ".json"), json.dumps(record, indent=1) + "\n")
     return record
