@@ -3,6 +3,8 @@
     python -m bench.study bench/study_cluda.yaml                 # train what is missing, tabulate
     python -m bench.study bench/study_cluda.yaml --arms daformer cluda --seeds 0 1   # a part
     python -m bench.study bench/study_cluda.yaml --render        # tables from finished runs only
+    python -m bench.study bench/study_cluda.yaml --reuse bench/results/study_cluda.json
+        # (arm, seed)s without a run directory take their recorded results from an earlier OUT.json
 
 Every (arm, seed) is one ``python -m cluda_kit train`` process (bench.methods.run_one) writing
 ``RUNS/<arm>/<preset>-seed<k>``; finished runs are reused, so the study runs in parts, each
@@ -72,9 +74,30 @@ def paired(diffs: list[float]) -> dict:
     return out
 
 
+def load_reuse(path: Path | None) -> dict[str, dict[int, dict]]:
+    """{arm: {seed: record}} of an earlier study's OUT.json, each record marked ``reused_from``."""
+    if path is None:
+        return {}
+    try:
+        runs = json.loads(path.read_text())["runs"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"--reuse {path}: not a study result file ({e})") from None
+    import subprocess
+
+    commit = subprocess.run(["git", "log", "-1", "--format=%h", "--", str(path)], capture_output=True,
+                            text=True, cwd=ROOT).stdout.strip()
+    origin = f"{path} at {commit}" if commit else str(path)
+    return {arm: {int(s): {**r, "reused_from": r.get("reused_from", origin)} for s, r in by_seed.items()}
+            for arm, by_seed in runs.items()}
+
+
 def collect(spec: dict, arms: list[str], seeds: list[int], *, train: bool, jobs: int,
-            threads: int) -> dict[str, dict[int, dict]]:
-    """{arm: {seed: summary + measures}} for the finished (or, with ``train``, trained) runs."""
+            threads: int, reuse: dict[str, dict[int, dict]] | None = None) -> dict[str, dict[int, dict]]:
+    """{arm: {seed: summary + measures}} for the finished (or, with ``train``, trained) runs.
+
+    An (arm, seed) with no finished run directory takes its record from ``reuse`` when that has
+    one (and is then not trained)."""
+    reuse = reuse or {}
     from cluda_kit.analysis.runs import run_feature_measures
 
     runs_root = ROOT / spec["runs"]
@@ -84,6 +107,8 @@ def collect(spec: dict, arms: list[str], seeds: list[int], *, train: bool, jobs:
         arm, seed = job
         cfg = spec["arms"][arm]
         out = runs_root / arm / f"{cfg['preset']}-seed{seed}"
+        if not (out / "summary.json").exists() and seed in reuse.get(arm, {}):
+            return arm, seed, reuse[arm][seed]
         if not train and not (out / "summary.json").exists():
             return arm, seed, None
         data = run_one(cfg["preset"], seed, list(spec["set"]) + list(cfg["set"]),
@@ -114,6 +139,14 @@ def tables(spec: dict, results: dict[str, dict[int, dict]], command: str) -> tup
              f"`{base}`; p: two-sided paired t-test):", "",
              "| arm | overrides | seeds | mIoU (mean ± std) | per seed | Δ vs baseline (mean ± std) | wins | p |",
              "|---|---|---:|---:|---|---:|---:|---:|"]
+    reused = sorted({(a, s, r["reused_from"]) for a, rs in results.items() for s, r in rs.items()
+                     if r.get("reused_from")})
+    if reused:
+        by_file: dict[str, list[str]] = {}
+        for a, s, f in reused:
+            by_file.setdefault(f, []).append(f"{a} seed {s}")
+        lines[4:4] = ["Results taken from an earlier run of this study (its run directories not kept): "
+                      + "; ".join(f"{', '.join(v)} from `{f}`" for f, v in by_file.items()) + ".", ""]
     stats: dict = {}
     for arm, by_seed in results.items():
         if not by_seed:
@@ -180,16 +213,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, help="train only these seeds")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (threads split evenly)")
     ap.add_argument("--render", action="store_true", help="no training: tables from finished runs")
+    ap.add_argument("--reuse", type=Path, help="an earlier OUT.json: (arm, seed)s without a run "
+                    "directory take their results from it instead of training")
     args = ap.parse_args(argv)
     command = "python -m bench.study " + shlex.join(argv if argv is not None else sys.argv[1:])
     spec = load_study(args.study)
     spec["file"] = str(args.study)
     all_arms, all_seeds = list(spec["arms"]), list(spec["seeds"])
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
+    reuse = load_reuse(args.reuse)
     if not args.render:
         collect(spec, args.arms or all_arms, args.seeds or all_seeds, train=True, jobs=args.jobs,
-                threads=threads)
-    results = collect(spec, all_arms, all_seeds, train=False, jobs=1, threads=threads)
+                threads=threads, reuse=reuse)
+    results = collect(spec, all_arms, all_seeds, train=False, jobs=1, threads=threads, reuse=reuse)
     md, stats = tables(spec, results, command)
     out = ROOT / spec["out"]
     out.parent.mkdir(parents=True, exist_ok=True)
