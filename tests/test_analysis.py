@@ -525,3 +525,46 @@ def test_distance_ratio_matches_a_pairwise_loop():
     assert m["ratio"] == pytest.approx(np.nanmean(list(got.values())))
     tight, tl = blobs(n_per=40, k=3, dim=8, spread=0.05)
     assert max(distance_ratio(tight, tl).values()) < 0.05  # compact, separated classes
+
+
+def _toy_mix_draw(seed, per_image, augment):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(2, 3, 8, 16, generator=g)
+    mask = (torch.rand(2, 1, 8, 16, generator=g) > 0.5).float()
+    label = torch.full((2, 8, 16), 255)
+    label[0, :4] = 0   # road
+    label[0, 4:] = 10  # sky
+    label[1, :, :8] = 13  # car; the rest stays ignore
+    return dict(source=x, target=x.flip(0), mask=mask, mixed=x, mixed_label=label)
+
+
+def test_mixing_explorer_names_the_classes_of_the_mixed_labels():
+    from cluda_kit.analysis.widgets import MixingExplorer
+    from cluda_kit.data.labels import CLASSES
+
+    ex = MixingExplorer(_toy_mix_draw, seed=0)
+    fig, _ = ex.figure()
+    names = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert names == [CLASSES[0], CLASSES[10], CLASSES[13], "ignore (255)"]
+    assert ex.plot.outputs and ex.plot.outputs[0]["data"]["image/png"]
+    # a one-row grid names only the classes of that row
+    ex1 = MixingExplorer(_toy_mix_draw, seed=0, max_images=1)
+    assert [t.get_text() for t in ex1.figure()[0].legends[0].get_texts()] == [CLASSES[0], CLASSES[10]]
+
+
+def test_pseudo_label_explorer_legend_colorbar_and_q():
+    from cluda_kit.analysis.widgets import PseudoLabelExplorer
+    from cluda_kit.data.labels import CLASSES
+
+    probs = torch.zeros(1, 19, 4, 4)
+    probs[0, 2, :2] = 0.99   # building, confident
+    probs[0, 8, 2:] = 0.6    # vegetation, unsure
+    probs[0, 0, 2:] = 0.4
+    ex = PseudoLabelExplorer(probs, torch.rand(1, 3, 4, 4), threshold=0.968)
+    fig = ex.figure()
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [CLASSES[2], CLASSES[8]]
+    bars = [ax for ax in fig.axes if ax.get_ylabel() == "confidence p / mask"]
+    assert len(bars) == 1
+    assert ex.q(0.968) == 0.5 and ex.q(0.5) == 1.0
+    ex.slider.value = 0.5
+    assert "q = 1.0000" in ex.status.value

@@ -248,15 +248,22 @@ class MixingExplorer(_BoxedWidget):
             widget.observe(self._on_change, names="value")
         self.update()
 
-    def update(self) -> None:
-        """Draw the mix of the current seed and mode."""
-        from cluda_kit.analysis.plots import mix_grid
+    def figure(self) -> tuple[Figure, dict]:
+        """The grid of the current seed and mode, with a legend of the classes in the mixed labels
+        it shows; and ``draw``'s output."""
+        from cluda_kit.analysis.plots import class_legend, mix_grid, present_classes
 
         per_image = self.mode_select.value == "per image"
         out = self.draw(self.seed, per_image, self.augment_box.value)
         fig = mix_grid(out["source"], out["target"], out["mask"], out["mixed"], out["mixed_label"],
                        max_images=self.max_images, cell_size=2.0)
-        png = base64.b64encode(figure_png(fig, dpi=72)).decode("ascii")
+        class_legend(fig, present_classes(out["mixed_label"][: self.max_images]), title="mixed label")
+        return fig, out
+
+    def update(self) -> None:
+        """Draw the mix of the current seed and mode."""
+        fig, out = self.figure()
+        png = base64.b64encode(figure_png(fig)).decode("ascii")
         self.plot.outputs = ({"output_type": "display_data", "metadata": {},
                               "data": {"image/png": png, "text/plain": "<Figure ClassMix>"}},)
         text = f"seed {self.seed} · {self.mode_select.value}"
@@ -314,16 +321,26 @@ class PseudoLabelExplorer(_BoxedWidget):
         """Fraction of the batch's pixels with p ≥ threshold."""
         return float((self.confidence >= threshold).float().mean())
 
+    def figure(self, tau: float | None = None) -> Figure:
+        """Image, pseudo-label, confidence and the p ≥ τ mask at ``tau`` (default: the slider's),
+        with a legend of the pseudo-label's classes and a colourbar of the confidence."""
+        from cluda_kit.analysis.plots import class_legend, image_grid, present_classes, value_colorbar
+
+        tau = self.slider.value if tau is None else tau
+        i = self.image_index
+        conf = self.confidence[i]
+        rows = [[self.images[i], self.labels[i].numpy(), conf.numpy(), (conf >= tau).float().numpy()]]
+        titles = [["target", "pseudo-label ŷ", "confidence p", f"p ≥ {tau:.3f} (yellow)"]]
+        fig = image_grid(rows, titles, cell_size=2.0)
+        value_colorbar(fig, "confidence p / mask", axes=fig.axes[2:4])
+        class_legend(fig, present_classes(self.labels[i]), title="pseudo-label ŷ")
+        return fig
+
     def update(self) -> None:
         """Redraw for the slider's τ."""
-        from cluda_kit.analysis.plots import image_grid
-
-        tau, i = self.slider.value, self.image_index
-        conf = self.confidence[i]
-        rows = [[self.images[i], self.labels[i].numpy(), conf.numpy(), (conf >= tau).numpy()]]
-        titles = [["target", "pseudo-label ŷ", "confidence p", f"p ≥ {tau:.3f}"]]
-        fig = image_grid(rows, titles, cell_size=2.0)
-        png = base64.b64encode(figure_png(fig, dpi=72)).decode("ascii")
+        tau = self.slider.value
+        fig = self.figure(tau)
+        png = base64.b64encode(figure_png(fig)).decode("ascii")
         self.plot.outputs = ({"output_type": "display_data", "metadata": {},
                               "data": {"image/png": png, "text/plain": "<Figure pseudo-labels>"}},)
         self.status.value = html.escape(f"τ = {tau:.3f} · q = {self.q(tau):.4f} "
