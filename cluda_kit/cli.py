@@ -25,22 +25,25 @@ class UsageError(Exception):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .analysis.callbacks import DebugFigures
     from .config import load_config
     from .engine.trainer import Trainer, print_summary
 
+    callbacks = [DebugFigures()]  # figures/ every train.figure_every iterations
     if args.resume:
         if args.config:
             raise UsageError("train: give either CONFIG or --resume RUN_DIR, not both")
-        trainer = Trainer.resume(args.resume, overrides=args.set)
+        trainer = Trainer.resume(args.resume, overrides=args.set, callbacks=callbacks)
     else:
         if not args.config:
             raise UsageError("train: give a preset name or a YAML path (see `cluda-kit presets`)")
         cfg = load_config(args.config, overrides=args.set)
         out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        trainer = Trainer(cfg, out, overwrite=args.overwrite)
+        trainer = Trainer(cfg, out, overwrite=args.overwrite, callbacks=callbacks)
     if trainer.dist.is_main:
         print(f"run directory: {trainer.out_dir}  (device {trainer.device}, "
               f"iteration {trainer.iter} of {trainer.cfg.train.max_iters})", flush=True)
+        print(f"method: {trainer.method.describe()}", flush=True)
     summary = trainer.fit()
     if trainer.dist.is_main:
         print(f"\n{trainer.cfg.name}: {summary['iter']} iterations in "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -131,6 +131,9 @@ class MICConfig:
 @dataclass(frozen=True)
 class UDAConfig:
     mode: str = "self_training"  # source_only | oracle | self_training
+    method: str = "auto"  # auto (from the loss switches) | source_only | dacs | daformer | cluda | a registered one
+    # the method's own settings (a registered method reads them with Method.args; unknown keys are errors)
+    method_args: dict[str, Any] = field(default_factory=dict)
     ema_alpha: float = 0.999  # alpha
     teacher_mode: str = "train"  # train (the release: params only, BN batch stats) | eval
     pseudo_threshold: float = 0.968  # tau_p
@@ -184,7 +187,7 @@ class TrainConfig:
     eval_every: int = 4000
     checkpoint_every: int = 4000
     log_every: int = 50
-    figure_every: int = 0  # debug figures every N iterations (0 = off)
+    figure_every: int = 0  # debug figures every N iterations (0 = off), by the DebugFigures callback cluda-kit train attaches
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | none
     eval_mode: str = "whole"  # whole | slide
@@ -228,6 +231,15 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is dict:  # a flat mapping of scalars (uda.method_args)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{where}: keys must be strings, got {k!r}")
+            if v is not None and not isinstance(v, (bool, int, float, str)):
+                raise ConfigError(f"{where}.{k}: expected a number, true/false or a string, got {v!r}")
+        return dict(value)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -297,6 +309,8 @@ def to_dict(obj: Any) -> Any:
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, tuple):
         return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):  # a copy: overrides must not reach the config it came from
+        return {k: to_dict(v) for k, v in obj.items()}
     return obj
 
 

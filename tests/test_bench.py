@@ -93,13 +93,15 @@ def test_step_is_lazy_and_nonfinite_check_is_deferred(monkeypatch):
     assert res.values["loss"] == pytest.approx(parts, rel=1e-6)
     tr.raise_if_nonfinite()  # all finite so far
 
-    real_ce = trainer_mod.cross_entropy
+    from cluda_kit.uda.methods import segmentation as seg_mod
+
+    real_ce = seg_mod.cross_entropy
 
     def nan_ce(logits, labels, weights=None, **kw):
         out = real_ce(logits, labels, weights, **kw)
         return out * float("nan") if weights is not None else out  # the mixed CE only
 
-    monkeypatch.setattr(trainer_mod, "cross_entropy", nan_ce)
+    monkeypatch.setattr(seg_mod, "cross_entropy", nan_ce)
     res = tr.step()  # no exception inside the step: the check is deferred
     assert math.isnan(res.values["ce_mix"])
     with pytest.raises(trainer_mod.NonFiniteLossError, match=r"ce_mix=nan at iteration 1"):

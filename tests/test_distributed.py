@@ -32,7 +32,7 @@ import torch
 import torch.multiprocessing as mp
 
 from cluda_kit.config import load_config
-from cluda_kit.engine import trainer as trainer_module
+from cluda_kit.uda.methods import dacs as dacs_module
 from cluda_kit.engine.trainer import Trainer, _digest
 
 EXACT = ["model.encoder=mit_nano", "model.decoder=deeplabv2", "model.dropout=0.0",
@@ -86,7 +86,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    trainer_module.class_mix_masks = _even_class_mask
+    dacs_module.class_mix_masks = _even_class_mask
     import torch.distributed as dist
 
     results = {}
@@ -134,7 +134,7 @@ def ddp_results(tmp_path_factory):
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_two_ranks_match_one_process_on_the_joint_batch(scenario, ddp_results, monkeypatch):
-    monkeypatch.setattr(trainer_module, "class_mix_masks", _even_class_mask)
+    monkeypatch.setattr(dacs_module, "class_mix_masks", _even_class_mask)
     cfg = load_config("miniscapes_tiny", SCENARIOS[scenario] + ["data.batch_size=2"])
     singles = _steps(Trainer(cfg, progress=False))
     expected = {"ce_src", "cl_src", "loss"} | ({"ce_mix", "cl_mix", "q"}

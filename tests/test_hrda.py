@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cluda_kit.config import load_config
-from cluda_kit.engine import trainer as trainer_mod
+from cluda_kit.uda.methods import cluda as cluda_mod
 from cluda_kit.engine.trainer import Trainer
 from cluda_kit.models import build_segmentor
 from cluda_kit.models import hrda as hrda_mod
@@ -263,13 +263,14 @@ def test_gradients_reach_attention_head_and_feat_weighter_only_via_cl():
     student = trainer.student
     batch = next(trainer.source)
     xs, ys = batch["image"].float() / 255, batch["label"]
-    out = trainer._student(xs)
-    trainer._seg_loss(out, ys).backward(retain_graph=True)
+    ctx, seg = trainer.context(), trainer.method.seg
+    out = seg.student(ctx, xs)
+    seg.seg_loss(ctx, out, ys).backward(retain_graph=True)
     att_grads = [p.grad for p in student.scale_attention.parameters()]
     assert all(g is not None for g in att_grads) and any(g.abs().sum() > 0 for g in att_grads)
     assert all(p.grad is None for p in student.feat_weighter.parameters())
     student.zero_grad(set_to_none=True)
-    trainer._cl_loss(out, ys, None).backward()
+    cluda_mod.contrastive_term(ctx, trainer.cfg.loss.contrastive, out, ys, None).backward()
     fw = [p.grad for p in student.feat_weighter.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in fw)
     assert any(g.abs().sum() > 0 for g in fw)
@@ -286,10 +287,10 @@ def test_miniscapes_hrda_cluda_trains(mic, monkeypatch):
             return fn(*a, **k)
         return wrapped
 
-    monkeypatch.setattr(trainer_mod, "multi_resolution_contrastive_loss",
-                        counting("multires", trainer_mod.multi_resolution_contrastive_loss))
-    monkeypatch.setattr(trainer_mod, "pixel_contrastive_loss",
-                        counting("single", trainer_mod.pixel_contrastive_loss))
+    monkeypatch.setattr(cluda_mod, "multi_resolution_contrastive_loss",
+                        counting("multires", cluda_mod.multi_resolution_contrastive_loss))
+    monkeypatch.setattr(cluda_mod, "pixel_contrastive_loss",
+                        counting("single", cluda_mod.pixel_contrastive_loss))
     monkeypatch.setattr(hrda_mod, "max_entropy_window", counting("entropy", hrda_mod.max_entropy_window))
     extra = ["uda.mic.enabled=true", "uda.mic.block_size=16"] if mic else []
     trainer = Trainer(load_config("miniscapes_hrda_cluda", SHRINK + extra), progress=False)

@@ -21,7 +21,7 @@ from cluda_kit.cli import main as cli_main
 from cluda_kit.config import load_config
 from cluda_kit.data.datasets import DatasetError
 from cluda_kit.data.prepare import prepare
-from cluda_kit.engine import trainer as trainer_module
+from cluda_kit.uda.methods import cluda as cluda_module
 from cluda_kit.engine.trainer import CheckpointError, NonFiniteLossError, Trainer, load_checkpoint
 from cluda_kit.runtime import set_deterministic
 from fake_data import make_gta_tree
@@ -88,8 +88,11 @@ def test_kill_during_checkpoint_write_and_a_cut_checkpoint(tmp_path, monkeypatch
     trainer.step()
     real_save = torch.save
 
-    def dies_mid_write(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+    def dies_mid_write(obj, f, *args, **kwargs):  # f: a path or an open file
+        if hasattr(f, "write"):
+            f.write(b"PK\x03\x04 half a checkpoint")
+        else:
+            Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", dies_mid_write)
@@ -121,7 +124,7 @@ def test_kill_during_checkpoint_write_and_a_cut_checkpoint(tmp_path, monkeypatch
 
 def _nan_at(iteration: int, *, mix_only: bool = False):
     """A pixel_contrastive_loss that returns NaN at ``iteration`` (mixed batch only: weights)."""
-    real = trainer_module.pixel_contrastive_loss
+    real = cluda_module.pixel_contrastive_loss
     state = {"trainer": None}
 
     def loss(features, labels, weights=None, **kwargs):
@@ -135,7 +138,7 @@ def _nan_at(iteration: int, *, mix_only: bool = False):
 
 def test_nonfinite_loss_stops_naming_term_and_iteration(tmp_path, monkeypatch, capsys):
     loss, state = _nan_at(1)
-    monkeypatch.setattr(trainer_module, "pixel_contrastive_loss", loss)
+    monkeypatch.setattr(cluda_module, "pixel_contrastive_loss", loss)
     real_init = Trainer.__init__
 
     def init(self, *args, **kwargs):
@@ -156,7 +159,7 @@ def test_nonfinite_loss_stops_naming_term_and_iteration(tmp_path, monkeypatch, c
 
 def test_skip_nonfinite_skips_the_step(monkeypatch):
     loss, state = _nan_at(1, mix_only=True)
-    monkeypatch.setattr(trainer_module, "pixel_contrastive_loss", loss)
+    monkeypatch.setattr(cluda_module, "pixel_contrastive_loss", loss)
     trainer = Trainer(load_config("miniscapes_tiny", ["train.skip_nonfinite=true"]),
                       progress=False)
     state["trainer"] = trainer

@@ -13,6 +13,7 @@ import torch
 from cluda_kit.cli import main as cli_main
 from cluda_kit.config import ConfigError, load_config
 from cluda_kit.engine.trainer import Trainer, cross_entropy, lr_at, param_groups
+from cluda_kit.analysis.callbacks import DebugFigures
 
 TINY = ["train.max_iters=4", "train.eval_every=4", "train.checkpoint_every=2"]
 
@@ -60,7 +61,7 @@ def test_cross_entropy_means():
 
 def test_run_directory_contract(tmp_path):
     cfg = load_config("miniscapes_tiny", TINY + ["train.figure_every=2"])
-    summary = Trainer(cfg, tmp_path / "run", progress=False).fit()
+    summary = Trainer(cfg, tmp_path / "run", progress=False, callbacks=[DebugFigures()]).fit()
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file() and (run / "meta.json").is_file()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

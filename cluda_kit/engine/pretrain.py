@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..data.fractals import ifs_categories, render_fractals
 from ..data.transforms import normalize
 from ..models.segmentor import build_encoder
-from .trainer import _atomic_torch_save, _atomic_write_text
+from ..fileio import atomic_torch_save, atomic_write_text
 
 __all__ = ["PretrainConfig", "FractalClassifier", "pretrain_encoder", "save_encoder", "evaluate_accuracy"]
 
@@ -153,9 +153,9 @@ def save_encoder(encoder: nn.Module, path: str | Path, record: dict, *, command:
     Returns the record as written."""
     path = Path(path)
     state = {k: v.detach().to("cpu", torch.float16) for k, v in encoder.state_dict().items()}
-    _atomic_torch_save(state, path)
+    atomic_torch_save(state, path)
     record = dict(record, command=command, file=path.name, bytes=path.stat().st_size,
                   sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
                   tensors=len(state), parameters=sum(v.numel() for v in state.values()))
-    _atomic_write_text(path.with_name(path.name + ".json"), json.dumps(record, indent=1) + "\n")
+    atomic_write_text(path.with_name(path.name + ".json"), json.dumps(record, indent=1) + "\n")
     return record

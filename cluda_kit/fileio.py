@@ -1,0 +1,108 @@
+"""Atomic file writes: the one helper every part of the kit writes files through.
+
+A crash (or a kill, or a full disk) at any moment leaves either the old complete file or the new
+complete file at ``path``, never a partial one: the data goes to a temporary file next to
+``path`` (same folder, so the same file system), is flushed and fsynced, and then
+``os.replace``-d into place (atomic on POSIX and Windows). Temporary files are named
+``.NAME.tmp<pid>``; the ones a killed writer left behind are removed by the next write.
+
+This module sits below every layer (``data``, ``engine``, ``analysis`` and ``cli`` use it) and
+imports nothing of the kit.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_torch_save"]
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete the temp files of ``path`` that a writer killed mid-write left behind."""
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        stale.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make renames inside ``directory`` durable (POSIX; silently skipped where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *,
+                 previous: str | Path | None = None, mode: int | None = 0o644) -> Path:
+    """Write ``path`` atomically: ``write(fh)`` fills a binary file handle.
+
+    Args:
+        path: the file to (re)write; its folder is created.
+        write: called once with a binary file handle open on the temporary file.
+        previous: if given and ``path`` exists, the old ``path`` is first hard-linked (or, where
+            links are unsupported, copied) to ``previous``, atomically as well, so that at every
+            moment both names hold complete files (a checkpoint and the one before it).
+        mode: permission bits of the new file (None: the temporary file's, 0o600).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`. On any exception the temporary files are removed
+        and the exception propagates; ``path`` is unchanged.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
+    tmp = _temp_path(path)
+    temps = [tmp]
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        if previous is not None and path.exists():
+            previous = Path(previous)
+            _remove_stale_temps(previous)
+            prev_tmp = _temp_path(previous)
+            temps.append(prev_tmp)
+            try:
+                os.link(path, prev_tmp)
+            except OSError:
+                shutil.copyfile(path, prev_tmp)
+            os.replace(prev_tmp, previous)
+        os.replace(tmp, path)
+    except BaseException:
+        for t in temps:
+            t.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda fh: fh.write(text.encode(encoding)))
+
+
+def atomic_torch_save(obj: Any, path: str | Path, previous: str | Path | None = None) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically, the old file kept as ``previous`` if given."""
+    import torch
+
+    return atomic_write(path, lambda fh: torch.save(obj, fh), previous=previous)
