@@ -1,5 +1,6 @@
-"""Time and peak memory of the CLUDA pixel contrastive loss: cluda_kit's row-blocked Function vs a
-plain full-matrix autograd implementation (what the release does), forward + backward on the CPU.
+"""Time and peak memory of the CLUDA pixel contrastive loss: cluda_kit's row-blocked kernel ("kit",
+``impl="blocked"``) vs its plain full-matrix formula ("plain", ``impl="plain"``: what the release
+does), forward + backward.
 
 Every measurement runs in a fresh Python subprocess. On the CPU, peak memory is the growth of the
 process's resident set size (RSS) from just before the first call to its high-water mark
@@ -33,26 +34,6 @@ from bench.memory import peak_rss_bytes, reset_peak_rss, rss_bytes  # noqa: E402
 IMPLS = ("plain", "kit")
 
 
-def plain_contrastive_loss(features, labels, weights, temperature: float = 1.0, base_temperature: float = 1.0):
-    """Full (N, N) matrix under autograd: docs/method.md §5, default mode without ignore pixels."""
-    import torch
-    import torch.nn.functional as F
-
-    d = features.shape[1]
-    x = F.normalize(features.permute(0, 2, 3, 1).reshape(-1, d), dim=1)
-    y = labels.reshape(-1)
-    rho = weights.reshape(-1)
-    logits = x @ x.T / temperature
-    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
-    same = y[:, None] == y[None, :]
-    pos = same & ~torch.eye(y.numel(), dtype=torch.bool, device=y.device)
-    exp = logits.exp()
-    neg_sum = (exp * ~same).sum(1, keepdim=True)
-    log_prob = logits - torch.log(exp + neg_sum)
-    per_anchor = (pos * (rho[:, None] * rho[None, :]) * log_prob).sum(1) / pos.sum(1).clamp_min(1)
-    return -(temperature / base_temperature) * per_anchor.mean()
-
-
 def worker(impl: str, n: int, args) -> dict:
     """One measurement; runs inside a fresh subprocess."""
     import torch
@@ -71,10 +52,8 @@ def worker(impl: str, n: int, args) -> dict:
 
     def step():
         f = features.clone().requires_grad_(True)
-        if impl == "plain":
-            loss = plain_contrastive_loss(f, labels, weights, temperature)
-        else:
-            loss = pixel_contrastive_loss(f, labels, weights, temperature=temperature, block_size=args.block_size)
+        loss = pixel_contrastive_loss(f, labels, weights, temperature=temperature, block_size=args.block_size,
+                                      impl="plain" if impl == "plain" else "blocked")
         loss.backward()
         return loss.item(), f.grad.norm().item()  # .item() synchronises CUDA
 

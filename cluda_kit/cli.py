@@ -6,7 +6,6 @@
     cluda-kit presets
     cluda-kit pretrain [--out FILE] [--iters N] [--classes C] [--seed S] ...
     cluda-kit prepare {gta,synthia,cityscapes} ROOT [--workers N]
-    cluda-kit bench [ARGS...]
 
 Mistakes in the command line, the config, or the data give one line naming the culprit, not a
 traceback (``--debug`` shows the traceback).
@@ -17,7 +16,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 
 class UsageError(Exception):
@@ -125,21 +123,6 @@ def _prepare(args: argparse.Namespace) -> int:
     return int(fn(args.root, workers=args.workers) or 0)
 
 
-def _bench(args: argparse.Namespace) -> int:
-    """``python -m bench ARGS``: the suite lives in bench/ of the source checkout, next to this
-    package (an editable install), not in the installed package."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "bench" / "__main__.py").is_file():
-        raise UsageError(f"the benchmark suite is bench/ of a source checkout and there is none next "
-                         f"to {root / 'cluda_kit'}; clone the repository, `pip install -e .` it and run "
-                         "`cluda-kit bench` (or `python -m bench`) from there")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from bench.__main__ import main as bench_main
-
-    return bench_main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cluda-kit", description=__doc__.split("\n\n")[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -186,10 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=int, default=None)
     pr.set_defaults(func=_prepare)
 
-    # listed for --help only: main() hands everything after `bench` to the suite's own parser
-    # (an argparse.REMAINDER positional refuses a leading option such as --only)
-    sub.add_parser("bench", help="run the benchmark suite (python -m bench; cluda-kit bench --help)",
-                   add_help=False)
     return p
 
 
@@ -221,11 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
-    if command is not None and argv[command] == "bench":
-        args = argparse.Namespace(debug="--debug" in argv[:command], func=_bench, rest=argv[command + 1:])
-    else:
-        args = build_parser().parse_args(argv)
-        args.argv = argv[command + 1:] if command is not None else []
+    args = build_parser().parse_args(argv)
+    args.argv = argv[command + 1:] if command is not None else []
     try:
         return args.func(args)
     except (UsageError, FileNotFoundError, ValueError, RuntimeError) as err:

@@ -45,7 +45,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *,
-                 previous: str | Path | None = None, mode: int | None = 0o644) -> Path:
+                 previous: str | Path | None = None, mode: int | None = 0o644,
+                 durable: bool = True, sweep: bool = True) -> Path:
     """Write ``path`` atomically: ``write(fh)`` fills a binary file handle.
 
     Args:
@@ -55,6 +56,11 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *,
             links are unsupported, copied) to ``previous``, atomically as well, so that at every
             moment both names hold complete files (a checkpoint and the one before it).
         mode: permission bits of the new file (None: the temporary file's, 0o600).
+        durable: fsync the file and the folder, so that the new content also survives a power
+            loss. Bulk writers (dataset conversion: thousands of files, each checked again by a
+            re-run) pass False: still atomic against a crash or kill of the writer.
+        sweep: remove the temporary files of ``path`` that a killed writer left behind. It scans
+            the folder, so a bulk writer into a large folder passes False.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`. On any exception the temporary files are removed
@@ -62,14 +68,16 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *,
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(path)
+    if sweep:
+        _remove_stale_temps(path)
     tmp = _temp_path(path)
     temps = [tmp]
     try:
         with open(tmp, "wb") as fh:
             write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
         if previous is not None and path.exists():
@@ -87,7 +95,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *,
         for t in temps:
             t.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
     return path
 
 

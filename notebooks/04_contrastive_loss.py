@@ -207,22 +207,17 @@ fig.tight_layout(); fig
 #
 # The release computes the full N×N similarity matrix under autograd. Memory is O(N²): at
 # 2 × 65 × 65 = 8450 anchors its CPU run peaked at 6.5 GB, and HRDA + CLUDA did not fit a 24 GB GPU.
-# The kit computes the same value in row blocks of 1024 anchors inside one autograd Function, so
-# only O(block · N) scratch memory is alive and O(N · D) is kept for backward. Below, a plain
-# full-matrix implementation (what the release does) against the library: forward + backward time,
-# and the bytes autograd keeps for the backward pass (counted with a saved-tensor hook).
+# The library has both: `impl="plain"` is the formula with full matrices under autograd (what the
+# release does, a few dozen lines: `cluda_kit.uda.contrastive.plain_loss`), and the default
+# `impl="blocked"` computes the same value in row blocks of 1024 anchors inside one autograd
+# Function, so only O(block · N) scratch memory is alive and O(N · D) is kept for backward. Below,
+# the two side by side: forward + backward time, and the bytes autograd keeps for the backward pass
+# (counted with a saved-tensor hook).
 # `bench/contrastive_memory.py` measures the peak resident memory in fresh processes.
 
 # %%
-def full_matrix_loss(features, labels, tau=1.0):
-    u = torch.nn.functional.normalize(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]), dim=1)
-    y = labels.reshape(-1)
-    z = u @ u.T / tau
-    same = y[:, None] == y[None, :]
-    pos = same & ~torch.eye(len(y), dtype=torch.bool)
-    neg_sum = (z.exp() * ~same).sum(1, keepdim=True)
-    log_prob = z - torch.log(z.exp() + neg_sum)
-    return -((pos * log_prob).sum(1) / pos.sum(1).clamp_min(1)).mean()
+def full_matrix_loss(features, labels):
+    return pixel_contrastive_loss(features, labels, impl="plain")  # the formula, O(N²) memory
 
 # %%
 def measure(fn, features, labels):
@@ -242,16 +237,16 @@ for n in sizes:
     g = torch.Generator().manual_seed(n)
     f, y = torch.randn(1, 64, 1, n, generator=g), torch.randint(0, 19, (1, 1, n), generator=g)
     full = measure(full_matrix_loss, f, y)
-    lib = measure(lambda a, b: pixel_contrastive_loss(a, b), f, y)
+    lib = measure(lambda a, b: pixel_contrastive_loss(a, b, impl="blocked"), f, y)
     rows.append((n, full, lib))
-    print(f"N={n:5d}  full matrix: {full[0]:.3f} s, {full[1]:7.1f} MiB kept | library: {lib[0]:.3f} s, "
+    print(f"N={n:5d}  plain: {full[0]:.3f} s, {full[1]:7.1f} MiB kept | blocked: {lib[0]:.3f} s, "
           f"{lib[1]:5.2f} MiB kept | |loss difference| {abs(full[2] - lib[2]):.1e}")
 
 # %%
 fig = Figure(figsize=(9, 3))
 ax1, ax2 = fig.subplots(1, 2)
 ns = [r[0] for r in rows]
-for k, name in ((1, "full matrix (release)"), (2, "library (row blocks)")):
+for k, name in ((1, 'impl="plain" (full matrices, as the release)'), (2, 'impl="blocked" (row blocks, the default)')):
     ax1.plot(ns, [r[k][0] for r in rows], "o-", label=name)
     ax2.plot(ns, [r[k][1] for r in rows], "o-", label=name)
 ax1.set(xlabel="anchors N", ylabel="seconds", title="forward + backward time")
@@ -259,7 +254,7 @@ ax2.set(xlabel="anchors N", ylabel="MiB", yscale="log", title="memory kept for b
 ax1.legend(fontsize=8); fig.tight_layout(); fig
 
 # %% [markdown]
-# The full-matrix memory grows with N² (doubling N quadruples it), the library's with N·D.
+# The plain formula's memory grows with N² (doubling N quadruples it), the blocked kernel's with N·D.
 # With a GPU, `loss.contrastive.max_anchors` additionally caps the anchors with class-balanced
 # sampling (every valid pixel stays a positive/negative column).
 

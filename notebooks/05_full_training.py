@@ -260,7 +260,8 @@ print(print_summary(shown_summary))
 #
 # `trainer.evaluate(callback=...)` hands every validation batch and its prediction to a callback;
 # we keep the first two. `trainer.debug_batch()` shows one step's intermediate tensors (the same
-# figure the trainer writes to `figures/` every `train.figure_every` iterations).
+# figure `cluda-kit train` writes to `figures/` every `train.figure_every` iterations through the
+# `DebugFigures` callback, which a notebook can attach too: `Trainer(..., callbacks=[DebugFigures()])`).
 
 # %%
 shown = []

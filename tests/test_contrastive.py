@@ -122,12 +122,13 @@ def _assert_close(a, b, tol=1e-10):
 # ----------------------------------------------------------------------------------------------
 # Single resolution
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("impl", ["blocked", "plain"])
 @pytest.mark.parametrize("compat", [False, True])
 @pytest.mark.parametrize("tau", [1.0, 0.1])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_single_matches_loop_reference_values_and_grads(compat, tau, batch):
+def test_single_matches_loop_reference_values_and_grads(compat, tau, batch, impl):
     feats, labels, weights = _inputs(b=batch, ignore_frac=0.2, seed=batch)
-    kw = dict(temperature=tau, base_temperature=0.5, official_compat=compat)
+    kw = dict(temperature=tau, base_temperature=0.5, official_compat=compat, impl=impl)
     val, (gf, gw) = _grads(lambda f, w: pixel_contrastive_loss(f, labels, w, **kw), feats, weights)
     ref, (rf, rw) = _grads(
         lambda f, w: _reference(f, labels, w, tau=tau, tau_b=0.5, compat=compat), feats, weights
@@ -349,13 +350,14 @@ def test_max_anchors_keeps_all_pixels_as_columns(multi):
 # ----------------------------------------------------------------------------------------------
 # Multi resolution
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("impl", ["blocked", "plain"])
 @pytest.mark.parametrize("compat", [False, True])
 @pytest.mark.parametrize("tau", [1.0, 0.1])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_multi_matches_loop_reference_values_and_grads(compat, tau, batch):
+def test_multi_matches_loop_reference_values_and_grads(compat, tau, batch, impl):
     lr, hr, labels, wmap, crop, weights = _multi_inputs(b=batch, ignore_frac=0.15, seed=batch + 3)
     labels[0, 0, 1:3] = 0  # road inside the window: the compat gate drops it
-    kw = dict(temperature=tau, base_temperature=0.5, loss_weight=0.5, official_compat=compat)
+    kw = dict(temperature=tau, base_temperature=0.5, loss_weight=0.5, official_compat=compat, impl=impl)
     val, grads = _grads(
         lambda a, b, c, d: multi_resolution_contrastive_loss(a, b, labels, c, crop, d, **kw), lr, hr, wmap, weights
     )
@@ -369,6 +371,51 @@ def test_multi_matches_loop_reference_values_and_grads(compat, tau, batch):
     for a, b in zip(grads, ref_grads):
         _assert_close(a, b)
     assert grads[2].abs().sum() > 0  # the weight head learns through this loss
+
+
+# ----------------------------------------------------------------------------------------------
+# The two implementations
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("compat", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("max_anchors", [None, 9])
+def test_plain_and_blocked_are_equal_in_value_and_gradients(multi, compat, weighted, max_anchors):
+    """impl="plain" (the formula with full matrices) and the default blocked kernel (block_size 5,
+    so several blocks) on 2x4x5 pixels with ignore pixels, zero feature rows and a detail window;
+    the same generator seed draws the same anchors."""
+    lr, hr, labels, wmap, crop, weights = _multi_inputs(b=2, h=4, w=5, classes=4, ignore_frac=0.15, seed=7)
+    lr[0, :, 1, 1] = 0.0  # a dead pixel: similarity 0, no gradient
+    kw = dict(temperature=0.2, base_temperature=0.5, official_compat=compat, max_anchors=max_anchors)
+
+    def run(impl):
+        gen = torch.Generator().manual_seed(11)
+        if multi:
+            fn = lambda a, b, c, d: multi_resolution_contrastive_loss(  # noqa: E731
+                a, b, labels, c, crop, d if weighted else None, generator=gen, impl=impl, block_size=5, **kw)
+            return _grads(fn, lr, hr, wmap, weights)
+        fn = lambda a, d: pixel_contrastive_loss(  # noqa: E731
+            a, labels, d if weighted else None, generator=gen, impl=impl, block_size=5, **kw)
+        return _grads(fn, lr, weights)
+
+    (val_b, grads_b), (val_p, grads_p) = run("blocked"), run("plain")
+    _assert_close(val_b, val_p)
+    assert val_b.abs() > 0
+    for gb, gp in zip(grads_b, grads_p):
+        if gb is None or gp is None:  # weights unused when not weighted
+            assert gb is None and gp is None
+            continue
+        _assert_close(gb, gp)
+    assert grads_p[0][0, :, 1, 1].abs().max() == 0  # no gradient into the zero vector
+
+
+def test_impl_must_be_known():
+    feats, labels, _ = _inputs()
+    with pytest.raises(ValueError, match=r"pixel_contrastive_loss: impl must be one of 'blocked', 'plain', got 'fast'"):
+        pixel_contrastive_loss(feats, labels, impl="fast")
+    lr, hr, labels, wmap, crop, _ = _multi_inputs()
+    with pytest.raises(ValueError, match=r"multi_resolution_contrastive_loss: impl must be one of"):
+        multi_resolution_contrastive_loss(lr, hr, labels, wmap, crop, impl="Plain")
 
 
 def test_gradcheck_multi():

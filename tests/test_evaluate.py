@@ -343,3 +343,27 @@ def test_save_cityscapes_predictions_validates(tmp_path):
     np.testing.assert_array_equal(np.array(Image.open(path)), [[7, 33], [0, 26]])
     with pytest.raises(FileNotFoundError, match="no ground truth"):
         run_cityscapes_evaluator(tmp_path, tmp_path)
+
+
+def test_one_window_grid_for_evaluation_and_hrda():
+    """models/sliding.py is the one window grid: every pixel covered (stride <= window), the last window flush with
+    the border, a window larger than the axis clipped to it, and the same spans the evaluation's
+    own formula gave before (mmseg slide_inference: n = ceil((size - window) / stride) + 1)."""
+    from cluda_kit.models.hrda import window_starts as hrda_starts
+    from cluda_kit.models.sliding import window_spans, window_starts
+
+    assert hrda_starts is window_starts
+    for size in (1, 5, 64, 100, 511, 512, 1024, 2048):
+        for window in (1, 3, 64, 512, 1024, 4096):
+            for stride in (1, 2, 48, 256, 341, 512):
+                spans = window_spans(size, window, stride)
+                old = [(max(min(i * stride + window, size) - window, 0), min(i * stride + window, size))
+                       for i in range(max(size - window + stride - 1, 0) // stride + 1)]
+                assert spans == old, (size, window, stride)
+                covered = set()
+                for a, b in spans:
+                    assert b - a == min(window, size) and 0 <= a < b <= size
+                    covered.update(range(a, b))
+                assert spans[-1][1] == size
+                if stride <= window:  # overlapping or touching windows leave no gap
+                    assert covered == set(range(size))

@@ -58,3 +58,13 @@ def test_every_module_imports_only_lower_layers():
 def test_the_checker_sees_relative_and_absolute_imports(tmp_path):
     assert _kit_imports(PKG / "engine" / "trainer.py") >= {"uda", "models", "data", "config", "runtime"}
     assert "analysis" in _kit_imports(PKG / "cli.py")
+
+
+def test_dataset_readers_do_not_import_the_preparation_code():
+    import subprocess
+    import sys
+
+    code = ("import sys, cluda_kit.data.datasets as d; "
+            "assert 'cluda_kit.data.prepare' not in sys.modules; "
+            "from cluda_kit.data.prepare import STATS_FILE; assert STATS_FILE == d.STATS_FILE")
+    subprocess.run([sys.executable, "-c", code], check=True)

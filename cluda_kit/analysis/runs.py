@@ -16,6 +16,7 @@ from torch import nn
 
 from cluda_kit.analysis.embedding import cluster_measures
 from cluda_kit.analysis.features import FeatureSet, extract_features
+from cluda_kit.fileio import atomic_write_text
 
 __all__ = ["load_run_model", "run_feature_measures", "MEASURES_FILE"]
 
@@ -90,7 +91,5 @@ def run_feature_measures(run_dir: str | Path, *, num_samples: int = 40, max_per_
     data = {"settings": settings,
             "target": _clean(cluster_measures(target.features, target.labels)),
             "both": _clean(cluster_measures(shared.features, shared.labels, shared.domain))}
-    tmp = cache.with_name(cache.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(cache)
+    atomic_write_text(cache, json.dumps(data, indent=1))
     return data

@@ -32,7 +32,6 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from cluda_kit.data.prepare import STATS_FILE
 from cluda_kit.data.transforms import resize
 
 __all__ = [
@@ -46,6 +45,10 @@ __all__ = [
     "read_image",
     "read_label",
 ]
+
+STATS_FILE = "sample_class_stats.json"
+"""Per-sample class statistics in the dataset root, written by ``cluda_kit.data.prepare`` and read
+by :meth:`SegmentationFolder.class_stats` (rare class sampling)."""
 
 
 Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

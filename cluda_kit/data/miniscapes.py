@@ -83,6 +83,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cluda_kit.data.labels import IGNORE_INDEX, NUM_CLASSES
+from cluda_kit.fileio import atomic_write_text
 
 __all__ = [
     "COLOUR_PER_GAP",
@@ -1476,11 +1477,8 @@ def _read_stats(path: Path, length: int) -> list[dict[int, int]] | None:
 
 
 def _write_stats(path: Path, stats: list[dict[int, int]]) -> None:
-    """Atomic write (temporary file + rename); a read-only cache is skipped silently."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    """Atomic write (:mod:`cluda_kit.fileio`); a read-only cache is skipped silently."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps([{str(c): n for c, n in d.items()} for d in stats]))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps([{str(c): n for c, n in d.items()} for d in stats]))
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass

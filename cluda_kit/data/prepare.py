@@ -17,7 +17,7 @@ counts for rare class sampling; Cityscapes: train split only), the files the rea
 
 Properties: idempotent (an output newer than its raw label is kept, and its statistics are reused
 from the previous statistics file when that is newer still; ``--force`` redoes everything),
-parallel (``ProcessPoolExecutor``), atomic (temporary file in the same folder, then ``os.replace``).
+parallel (``ProcessPoolExecutor``), atomic (:mod:`cluda_kit.fileio`: temporary file in the same folder, then ``os.replace``).
 Every raw label is checked: readable, same size as its image, which must exist and be readable, and
 only ids from the dataset's table (else an error naming the file; ``--allow-unknown-ids`` maps them
 to 255 with a warning instead).  Per-file errors are collected and summarised, the other files are
@@ -38,7 +38,6 @@ import functools
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -50,6 +49,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cluda_kit.data import labels as L
+from cluda_kit.data.datasets import STATS_FILE  # the layout the readers expect
+from cluda_kit.fileio import atomic_write
 
 __all__ = [
     "DATASETS",
@@ -66,8 +67,6 @@ __all__ = [
 ]
 
 DATASETS = ("gta", "synthia", "cityscapes")
-STATS_FILE = "sample_class_stats.json"
-"""Per-sample class statistics written into the dataset root (read by ``datasets.*.class_stats()``)."""
 SCRIPTS = {d: f"data_scripts/prepare_{d}.py" for d in DATASETS}
 TRAIN_IDS_SUFFIX = "_labelTrainIds.png"
 CS_IMAGE = "_leftImg8bit.png"
@@ -86,17 +85,9 @@ class PrepareError(Exception):
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """One converted file, atomically (:func:`cluda_kit.fileio.atomic_write`; bulk mode: no fsync
+    and no scan of the large output folder per file)."""
+    atomic_write(path, write, durable=False, sweep=False)
 
 
 def _save_pil(path: Path, img: Image.Image) -> None:

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..models.sliding import window_spans
+
 __all__ = [
     "ConfusionMeter",
     "confusion_matrix",
@@ -258,18 +260,6 @@ def predict_whole(
     return _forward_logits(forward, images, num_classes)
 
 
-def _slide_windows(size: int, window: int, stride: int) -> list[tuple[int, int]]:
-    """Window [start, end) positions along one axis, mmseg slide_inference style: starts at
-    multiples of ``stride``, the last one aligned to the border; windows larger than the image are
-    clipped to it."""
-    n = max(size - window + stride - 1, 0) // stride + 1
-    spans = []
-    for i in range(n):
-        end = min(i * stride + window, size)
-        spans.append((max(end - window, 0), end))
-    return spans
-
-
 def predict_slide(
     forward: Callable[[torch.Tensor], Any],
     images: torch.Tensor,
@@ -306,8 +296,8 @@ def predict_slide(
     b, _, height, width = images.shape
     boxes = [
         (y0, y1, x0, x1)
-        for y0, y1 in _slide_windows(height, wh, sh)
-        for x0, x1 in _slide_windows(width, ww, sw)
+        for y0, y1 in window_spans(height, wh, sh)
+        for x0, x1 in window_spans(width, ww, sw)
     ]
     summed: torch.Tensor | None = None
     count = torch.zeros(1, 1, height, width, device=images.device)

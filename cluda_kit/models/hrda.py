@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from ..runtime import generator_device, host_tensor
 from .heads import DAFormerHead
 from .segmentor import SegOutput, Segmentor
+from .sliding import window_starts
 
 __all__ = [
     "HRDAOutput", "HRDASegmentor", "crop_to_box", "fuse_scales", "max_entropy_window",
@@ -131,16 +132,6 @@ def random_window(size: tuple[int, int], crop: tuple[int, int], divisible: int =
     draws = (torch.rand(2, generator=generator, device=generator_device(generator)).cpu() * high).long().clamp_max(high - 1)
     y0, x0 = (int(v) * divisible for v in draws)
     return y0, x0, y0 + ch, x0 + cw
-
-
-def window_starts(size: int, window: int, stride: int, divisible: int = 1) -> list[int]:
-    """Starts of overlapping windows along one axis: every ``stride`` pixels, the last one moved
-    back to end at the border (mmseg slide semantics), each floored to a multiple of ``divisible``
-    (then the last may end up to divisible-1 pixels short of the border). A window larger than
-    the axis is clipped: one start, 0."""
-    window = min(window, size)
-    n = max(math.ceil((size - window) / stride), 0) + 1
-    return sorted({min(i * stride, size - window) // divisible * divisible for i in range(n)})
 
 
 def crop_to_box(t: Tensor, box: Box) -> Tensor:

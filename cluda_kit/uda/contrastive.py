@@ -18,39 +18,86 @@ with pair weights w_ij = rho_i rho_j and M the number of anchors (rows i), count
 without positives. Each positive is contrasted with itself and all negatives of its anchor; the
 other positives are not in the denominator (unlike SupCon).
 
-Memory
-------
-The release builds the full (N, N) similarity matrix under autograd (O(N^2) memory, 6.5 GB on
-the CPU for 2x65x65 anchors). Here both losses run through one custom autograd Function that
-walks the anchors in row blocks of ``block_size`` and accumulates the analytic gradients (derived
-in the comment above ``_Pairs``) block by block, so only O(block_size * N) scratch memory is ever
-alive and O(N * D) is kept for backward. The value equals the full-matrix one up to rounding.
-``bench/contrastive_memory.py`` measures time and peak memory against a plain implementation.
+Two layers
+----------
+:func:`plain_loss`, first below, is the formula as written: (M, N) similarity matrices under
+ordinary autograd, a few dozen lines, O(M*N) memory. The release builds such matrices too (6.5 GB
+on the CPU for 2x65x65 anchors). The default, ``impl="blocked"``
+(:mod:`cluda_kit.uda.contrastive_blocked`), walks the anchors in row blocks and accumulates
+analytic gradients block by block: O(block_size * N) scratch memory, the same value and gradients
+up to rounding (tests/test_contrastive.py checks both against each other and against a loop over
+pixels). ``impl="plain"`` selects the formula. Both share the input preparation here (flattening,
+ignore pixels, the release's pixel order, anchor sampling). ``bench/contrastive_memory.py``
+measures time and peak memory of the two.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..runtime import generator_device
+from .contrastive_blocked import blocked_loss
 
 __all__ = [
+    "IMPLS",
     "NORM_EPS",
     "balanced_anchor_indices",
     "multi_resolution_contrastive_loss",
     "pixel_contrastive_loss",
+    "plain_loss",
     "resize_for_contrast",
 ]
 
 NORM_EPS = 1e-6
+IMPLS = ("blocked", "plain")
 """Feature vectors with an L2 norm <= NORM_EPS are treated as zero vectors: their normalised
 feature is exactly 0 (similarity 0 with everything) and no gradient flows back into them. This
 covers the zero canvas around HRDA's detail window and dead (all-zero after ReLU) pixels, where
 ``F.normalize`` would return 0 but send back gradients of size 1/eps."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The formula, plainly (impl="plain"): the reference the blocked kernel is tested against
+# ----------------------------------------------------------------------------------------------
+def plain_loss(u: Tensor, v: Tensor | None, w: Tensor | None, gate: Tensor | None, rho: Tensor | None,
+               labels: Tensor, anchors: Tensor, *, inv_tau: float, scale: float | Tensor,
+               valid: Tensor | None = None) -> Tensor:
+    """The loss of docs/method.md §5 (``v`` None) or §6, with the (M, N) matrices under autograd.
+
+    Args:
+        u: (N, D) normalised features of all N pixels (the columns; the anchors are rows of it).
+        v: (N, D) normalised cross-resolution (detail) features, or None for the single form.
+        w, gate: (N,) learned weight w and window gate c (with ``v``).
+        rho: (N,) pixel weights, or None (= 1).
+        labels: (N,) int64; anchors: (M,) indices of the anchor pixels.
+        inv_tau: 1 / tau; scale: (tau / tau_b) * loss_weight / M.
+        valid: (N,) bool, False = ignored pixel (no anchor, positive or negative), or None.
+    """
+    rows = torch.arange(anchors.numel(), device=anchors.device)
+    same = labels[anchors, None] == labels[None, :]  # (M, N): not a negative of anchor i
+    if valid is not None:
+        same = same | ~valid[None, :]
+    pos = same.clone()
+    pos[rows, anchors] = False  # P_ij: same label, j != i
+    if valid is not None:
+        pos &= valid[None, :] & valid[anchors, None]
+
+    def log_prob(cols: Tensor) -> Tensor:  # l_ij = z_ij - log(e^z_ij + sum_k N_ik e^z_ik)
+        z = (u[anchors] @ cols.T) * inv_tau
+        negatives = torch.logsumexp(z.masked_fill(same, float("-inf")), dim=1, keepdim=True)
+        return z - torch.logaddexp(z, negatives)
+
+    with torch.autocast(u.device.type, enabled=False):
+        lp = log_prob(u)
+        if v is not None:  # s_ij = w_i c_i w_j mixes the LR-LR and LR-HR terms
+            s = (w[anchors] * gate[anchors])[:, None] * w[None, :]
+            lp = s * lp + (1 - s) * log_prob(v)
+        pair = pos.to(u.dtype)
+        if rho is not None:  # w_ij = rho_i rho_j
+            pair = pair * rho[anchors, None] * rho[None, :]
+        per_anchor = (pair * lp).sum(dim=1) / pos.sum(dim=1).clamp_min(1)
+        return -scale * per_anchor.sum()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,174 +206,6 @@ def balanced_anchor_indices(
 
 
 # ----------------------------------------------------------------------------------------------
-# The blocked loss (one autograd Function for both losses)
-# ----------------------------------------------------------------------------------------------
-# Notation for one anchor row i. Columns split into positives P(i) (same label, j != i), negatives
-# N(i) (other label) and the anchor itself. With lse_i = log sum_{k in N(i)} e^{z_ik} (-inf when
-# N(i) is empty) and x_ij = lse_i - z_ij:
-#     l_ij = z_ij - log(e^{z_ij} + e^{lse_i}) = -softplus(x_ij) =: -q_ij          (q_ij >= 0)
-# lse_i is computed with the negatives' own maximum m_i (every exponent <= 0, the largest term is
-# e^0 = 1) and q with softplus, so no exponential of a large number is formed and nothing
-# underflows to log(0): stable for any tau (0.07, 0.01, ...). (Subtracting the maximum over all
-# columns, the anchor's own 1/tau, and exponentiating both terms of the log, as the release does,
-# gives log(0) in float32 once tau <= ~0.02.)
-#
-# Gradient. A loss L = sum_ij K_ij q_ij with K supported on the positives (K_ij = the pair's
-# coefficient) depends on z through two routes. z_ij of a positive appears only in its own q_ij
-# (each positive is contrasted with itself and the negatives, never with the other positives):
-#     dq_ij/dz_ij = -sigmoid(x_ij) =: -sigma_ij
-# z_ik of a negative appears in every q_ij of the row through the shared lse_i:
-#     dq_ij/dz_ik = sigma_ij * dlse_i/dz_ik = sigma_ij * p_ik,    p_ik = e^{z_ik - lse_i}
-# (p_i is the softmax over the negatives, e^{z_ik - m_i} / S_i from the lse computation).
-# With H_ij = K_ij sigma_ij and R_i = sum_j H_ij:
-#     dL/dz_ij = -H_ij (positives),   dL/dz_ik = R_i p_ik (negatives),   0 (the anchor itself).
-# Both sigma and p lie in [0, 1]. Finally z_ij = a_i . c_j / tau (a = anchor rows of u, c = the
-# columns, u or v):  dL/da_i = sum_j dL/dz_ij c_j / tau,  dL/dc_j = sum_i dL/dz_ij a_i / tau.
-# Pair weights: s_ij = w_i c_i w_j and rho_i rho_j are rank-one, so their gradients are two
-# matrix-vector products per block (row role and column role of each pixel).
-#
-# Time and memory. Because the loss is a scalar, these gradients are accumulated during the
-# forward sweep (three matrix products per block and feature set, as many as plain autograd does)
-# and backward only scales them by the incoming gradient; recomputing the similarities in backward
-# instead costs a fourth matrix product and a second pass of every elementwise operation. What is
-# kept between forward and backward is O(N*D) (the feature gradients); the (b, N) block buffers are
-# freed after each block, so peak memory is O(block_size * N) instead of O(N^2).
-@dataclass(frozen=True)
-class _Pairs:
-    """The flattened problem: N pixels (columns), M anchors (rows).
-
-    loss = scale * sum_ij P_ij rho_i rho_j T_ij / max(1, |P(i)|) with T_ij = q_ij(u, u) when ``v`` is
-    None and T_ij = s_ij q_ij(u, u) + (1 - s_ij) q_ij(u, v), s_ij = w_i c_i w_j, otherwise.
-    """
-
-    u: Tensor  # (N, D) anchor/column features (normalised)
-    v: Tensor | None  # (N, D) cross-resolution column features (normalised), or None
-    w: Tensor | None  # (N,) learned weight (with v)
-    gate: Tensor | None  # (N,) c_i in {0, 1} (with v)
-    rho: Tensor | None  # (N,) pixel weights, None = 1
-    labels: Tensor  # (N,) int64
-    anchors: Tensor  # (M,) int64 indices into the N pixels, each used once
-    inv_tau: float
-    scale: float | Tensor  # (tau/tau_b) * loss_weight / M; the minus sign of L is in q = -l
-    valid: Tensor | None = None  # (N,) bool: False = ignored pixel (no anchor, positive or negative)
-
-
-def _log_terms(anchor_rows: Tensor, cols: Tensor, same: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One feature set's share of a row block, z = anchor_rows cols^T (anchor rows already / tau).
-
-    ``same`` (b, N) marks the non-negatives. Returns x = lse - z, q = softplus(x) = -l, and the
-    negatives' e^{z_ik - m_i} (0 off the negatives) with its row sums S_i = e^{lse_i - m_i}
-    (>= 1 with negatives, 0 without), m_i the negatives' row maximum.
-    """
-    z = anchor_rows @ cols.T
-    e = z.masked_fill(same, float("-inf"))
-    m = e.amax(dim=1, keepdim=True).nan_to_num_(neginf=0.0)  # rows without negatives: m = 0, e = 0
-    e.sub_(m).exp_()
-    s = e.sum(dim=1, keepdim=True)
-    x = z.neg_().add_(s.log().add_(m))
-    # threshold 40: exact to e^-40 in float64, and exp(40) is still finite in float32
-    return x, F.softplus(x, threshold=40.0), e, s
-
-
-def _class_sizes(labels: Tensor) -> Tensor:
-    """(N,) number of pixels that carry each pixel's label (any integer values). Sort and
-    ``searchsorted`` keep every shape static: no host synchronisation, unlike ``torch.unique``."""
-    ordered = labels.sort().values
-    return torch.searchsorted(ordered, labels, right=True) - torch.searchsorted(ordered, labels)
-
-
-def _logit_grad(x: Tensor, k: Tensor, e: Tensor, s: Tensor) -> Tensor:
-    """dL/dz (b, N) for L = sum_ij k_ij q_ij (k zero off the positives); consumes ``x`` and ``e``."""
-    h = x.sigmoid_().mul_(k)  # H = K sigma
-    # p = e / S is the negatives' softmax; S >= 1 wherever a row has negatives
-    return e.mul_(h.sum(dim=1, keepdim=True) / s.clamp_min(1.0)).sub_(h)
-
-
-def _sweep(p: _Pairs, need: tuple[bool, bool, bool, bool], block_size: int):
-    """Loss and the requested gradients (d/du, d/dv, d/dw, d/drho), anchor block by anchor block."""
-    u, v, w, gate, rho, labels = p.u, p.v, p.w, p.gate, p.rho, p.labels
-    du, dv, dw, drho = (torch.zeros_like(t) if n else None for t, n in zip((u, v, w, rho), need))
-    # scale / max(1, |P(i)|) for every pixel: |P(i)| = pixels of i's class minus i itself
-    row_all = p.scale / (_class_sizes(labels) - 1).clamp_min(1).to(u.dtype)
-    total = u.new_zeros(())
-
-    def backprop(x, k, e, s, cols, d_cols, a, ua):
-        if du is None and d_cols is None:
-            return
-        dz = _logit_grad(x, k, e, s)
-        if du is not None:  # the anchors are rows of u
-            du.index_add_(0, a, dz @ cols, alpha=p.inv_tau)
-        if d_cols is not None:
-            d_cols.addmm_(dz.T, ua, alpha=p.inv_tau)
-
-    for start in range(0, p.anchors.numel(), block_size):
-        a = p.anchors[start : start + block_size]
-        ua = u[a]
-        ua_tau = ua * p.inv_tau
-        same = labels[a, None] == labels[None, :]
-        if p.valid is not None:  # ignored columns are no negatives ...
-            same |= ~p.valid[None, :]
-        pos = same.clone()
-        pos.scatter_(1, a[:, None], False)  # no self-pairs (a scalar fill: no host copy)
-        if p.valid is not None:  # ... and no positives, and ignored rows are no anchors
-            pos &= p.valid[None, :] & p.valid[a, None]
-        row = row_all[a] if rho is None else row_all[a] * rho[a]
-        base = pos.to(u.dtype).mul_(row[:, None])  # scale P_ij rho_i rho_j / max(1, |P(i)|)
-        if rho is not None:
-            base.mul_(rho[None, :])
-        x, q_uu, e, s = _log_terms(ua_tau, u, same)
-        if v is None:
-            total += torch.dot(base.view(-1), q_uu.view(-1))
-            term = q_uu
-            backprop(x, base, e, s, u, du, a, ua)
-        else:
-            wc = w[a] * gate[a]
-            s_pair = wc[:, None] * w[None, :]  # s_ij = w_i c_i w_j
-            k_uu = base * s_pair
-            total += torch.dot(k_uu.view(-1), q_uu.view(-1))
-            backprop(x, k_uu, e, s, u, du, a, ua)
-            x, q_uv, e, s = _log_terms(ua_tau, v, same)
-            diff = q_uu.sub_(q_uv)
-            term = torch.addcmul(q_uv, diff, s_pair) if drho is not None else None
-            if dw is not None:  # dL/ds_ij = base_ij (q_uu - q_uv)
-                ds = diff.mul_(base)
-                dw.index_add_(0, a, gate[a] * (ds @ w))
-                dw.addmv_(ds.T, wc)
-            k_uv = base.sub_(k_uu)  # base (1 - s)
-            total += torch.dot(k_uv.view(-1), q_uv.view(-1))
-            backprop(x, k_uv, e, s, v, dv, a, ua)
-        if drho is not None:  # dL/d(rho_i rho_j) = scale P_ij / max(1, |P(i)|) T_ij
-            pt = torch.where(pos, term, 0.0)
-            drho.index_add_(0, a, row_all[a] * (pt @ rho))
-            drho.addmv_(pt.T, row_all[a] * rho[a])
-    return total, du, dv, dw, drho
-
-
-class _BlockedContrastive(torch.autograd.Function):
-    """The blocked loss of ``_Pairs`` as an autograd Function.
-
-    Inputs u (N, D), v (N, D) | None, w (N,) | None, rho (N,) | None are differentiable; gate (N,)
-    is a 0/1 mask, labels (N,) and anchors (M,) are integer tensors. The gradients are computed in
-    the forward sweep when ``grad_enabled`` (see the note above ``_Pairs``); backward scales them.
-    """
-
-    @staticmethod
-    def forward(ctx, u, v, w, gate, rho, labels, anchors, inv_tau, scale, block_size, grad_enabled, valid):
-        need_u, need_v, need_w, _, need_rho = (grad_enabled and n for n in ctx.needs_input_grad[:5])
-        p = _Pairs(u, v, w, gate, rho, labels, anchors, inv_tau, scale, valid)
-        with torch.autocast(u.device.type, enabled=False):
-            total, *grads = _sweep(p, (need_u, need_v, need_w, need_rho), block_size)
-        ctx.save_for_backward(*grads)
-        return total
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        du, dv, dw, drho = (None if g is None else g * grad_out for g in ctx.saved_tensors)
-        return du, dv, dw, None, drho, None, None, None, None, None, None, None
-
-
-# ----------------------------------------------------------------------------------------------
 # Flattening, the release's pixel order, validation
 # ----------------------------------------------------------------------------------------------
 def _normalize_rows(x: Tensor, eps: float = NORM_EPS) -> Tensor:
@@ -362,7 +241,10 @@ def _check_map(name: str, t: Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{name} must have shape (B, h, w) = {shape} like the features, got {tuple(t.shape)}")
 
 
-def _check_common(fn: str, features: Tensor, labels: Tensor, weights: Tensor | None, block_size: int) -> None:
+def _check_common(fn: str, features: Tensor, labels: Tensor, weights: Tensor | None, block_size: int,
+                  impl: str = "blocked") -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"{fn}: impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
     if features.dim() != 4:
         raise ValueError(f"{fn}: features must be (B, D, h, w), got shape {tuple(features.shape)}")
     b, _, h, w = features.shape
@@ -417,8 +299,10 @@ def _run(
     block_size: int,
     inputs: tuple[Tensor, ...],
     valid: Tensor | None = None,
+    impl: str = "blocked",
 ) -> Tensor:
-    """Pick the anchors and run the blocked Function with scale (tau/tau_b) * loss_weight / M.
+    """Pick the anchors and run the plain formula or the blocked kernel with scale
+    (tau/tau_b) * loss_weight / M.
 
     ``valid`` (N,) bool masks ignored pixels out (M = its count, kept on the device); with
     ``max_anchors`` the caller passes the valid pixels only."""
@@ -434,10 +318,10 @@ def _run(
         scale = (temperature / base_temperature) * loss_weight / anchors.numel()
     else:  # M = the valid pixels, counted on the device (every row weight is 0 when none is valid)
         scale = (temperature / base_temperature) * loss_weight / valid.sum().clamp_min(1).to(u.dtype)
-    return _BlockedContrastive.apply(
-        u, v, w, gate, rho, labels, anchors, 1.0 / temperature, scale, block_size, torch.is_grad_enabled(),
-        valid,
-    )
+    if impl == "plain":
+        return plain_loss(u, v, w, gate, rho, labels, anchors, inv_tau=1.0 / temperature, scale=scale, valid=valid)
+    return blocked_loss(u, v, w, gate, rho, labels, anchors, inv_tau=1.0 / temperature, scale=scale,
+                        block_size=block_size, valid=valid)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -455,6 +339,7 @@ def pixel_contrastive_loss(
     official_compat: bool = False,
     generator: torch.Generator | None = None,
     block_size: int = 1024,
+    impl: str = "blocked",
 ) -> Tensor:
     """CLUDA pixel contrastive loss on fused features (docs/method.md §5).
 
@@ -490,12 +375,15 @@ def pixel_contrastive_loss(
         generator: random source for ``max_anchors``.
         block_size: anchor rows per block; peak memory is O(block_size * B*h*w), the value does
             not depend on it.
+        impl: "blocked" (the memory-saving kernel, :mod:`cluda_kit.uda.contrastive_blocked`) or
+            "plain" (:func:`plain_loss`: the formula with (M, N) matrices under autograd, O(M*N)
+            memory); equal up to rounding.
 
     Returns:
         Scalar loss in the dtype of the features (float32 for half inputs). 0 when no pixel is valid.
     """
     fn = "pixel_contrastive_loss"
-    _check_common(fn, features, labels, weights, block_size)
+    _check_common(fn, features, labels, weights, block_size, impl)
     y, (rho,), valid = _pixel_scalars(labels, [weights], ignore_index, official_compat)
     rows = _feature_rows(features)
     if max_anchors is not None:
@@ -508,7 +396,7 @@ def pixel_contrastive_loss(
         u, None, None, None, rho, y,
         temperature=temperature, base_temperature=base_temperature, loss_weight=1.0,
         max_anchors=max_anchors, generator=generator, block_size=block_size, inputs=(features,),
-        valid=valid,
+        valid=valid, impl=impl,
     )
 
 
@@ -528,6 +416,7 @@ def multi_resolution_contrastive_loss(
     max_anchors: int | None = None,
     generator: torch.Generator | None = None,
     block_size: int = 1024,
+    impl: str = "blocked",
 ) -> Tensor:
     """CLUDA's learned-weighted multi-resolution contrastive loss (docs/method.md §6).
 
@@ -557,8 +446,8 @@ def multi_resolution_contrastive_loss(
         weight_map: (B, 1, h, w) or (B, h, w) learned weight w in (0, 1) (sigmoid output).
         crop_mask: (B, h, w) bool c_i: pixel inside the detail window.
         weights: (B, h, w) pixel weights rho or None (= 1).
-        temperature, base_temperature, ignore_index, max_anchors, generator, block_size: as in
-            :func:`pixel_contrastive_loss`.
+        temperature, base_temperature, ignore_index, max_anchors, generator, block_size, impl: as
+            in :func:`pixel_contrastive_loss`.
         loss_weight: the 0.5 in front of the loss.
         official_compat: the release's quirks: gate c_i = inside the window AND label != 0 (road
             never gets the LR-LR term), 255 is a class, and the pixel pairing of §5 (labels,
@@ -568,7 +457,7 @@ def multi_resolution_contrastive_loss(
         Scalar loss (0 when no pixel is valid).
     """
     fn = "multi_resolution_contrastive_loss"
-    _check_common(fn, lr_features, labels, weights, block_size)
+    _check_common(fn, lr_features, labels, weights, block_size, impl)
     if hr_features.shape != lr_features.shape:
         raise ValueError(
             f"{fn}: hr_features must have lr_features' shape {tuple(lr_features.shape)}, got {tuple(hr_features.shape)}"
@@ -594,5 +483,5 @@ def multi_resolution_contrastive_loss(
         temperature=temperature, base_temperature=base_temperature, loss_weight=loss_weight,
         max_anchors=max_anchors, generator=generator, block_size=block_size,
         inputs=(lr_features, hr_features, weight_map),
-        valid=valid,
+        valid=valid, impl=impl,
     )
