@@ -137,7 +137,7 @@ class UDAConfig:
     ema_alpha: float = 0.999  # alpha
     teacher_mode: str = "train"  # train (the release: params only, BN batch stats) | eval
     pseudo_threshold: float = 0.968  # tau_p
-    mix_per_image: bool = True  # False = DAFormer's batch-wide class choice
+    mix_per_image: bool = True  # False = the release: each image draws from the batch's classes, 255 included
     source_augment: bool = False  # strong augmentation on source too (augmented source-only)
     aug: AugConfig = AugConfig()
     fd: FDConfig = FDConfig()

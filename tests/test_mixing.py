@@ -52,21 +52,30 @@ def test_class_mix_per_image_selects_half_of_present_classes():
         assert torch.equal(mask[0], torch.isin(label, torch.tensor(sorted(pasted))).float())
 
 
-def test_class_mix_batch_mode_uses_union_and_same_classes():
+def test_class_mix_release_mode_draws_per_image_from_the_batch_union_with_ignore():
+    """per_image=False is the release's get_class_masks: for each image, ⌈n/2⌉ of the n values of
+    torch.unique over the whole batch (255 included), drawn independently per image; the image
+    pastes its own pixels of the drawn classes."""
     labels = _random_labels()
-    union = set(labels.unique().tolist()) - {255}
-    for seed in range(5):
-        masks = class_mix_masks(labels, per_image=False, generator=torch.Generator().manual_seed(seed))
-        chosen = set()
-        for label, mask in zip(labels, masks):
+    union = set(labels.unique().tolist())
+    assert 255 in union
+    # every image holds every union value in this batch: each pasted set is the whole draw
+    full = torch.tensor(sorted(union)).repeat_interleave(3).repeat(2, 1).view(2, 3, -1)
+    differ, drew_ignore = False, False
+    for seed in range(20):
+        masks = class_mix_masks(full, per_image=False, generator=torch.Generator().manual_seed(seed))
+        draws = []
+        for label, mask in zip(full, masks):
             pasted, kept = _chosen_classes(label, mask)
-            assert not (pasted & kept)
-            chosen |= pasted
-        assert 255 not in chosen and len(chosen) == math.ceil(len(union) / 2)
-        # the same classes are applied to every image
-        ref = torch.tensor(sorted(chosen))
-        for label, mask in zip(labels, masks):
-            assert torch.equal(mask[0], torch.isin(label, ref).float())
+            assert not (pasted & kept) and len(pasted) == math.ceil(len(union) / 2)
+            draws.append(pasted)
+            drew_ignore |= 255 in pasted
+        differ |= draws[0] != draws[1]
+        masks = class_mix_masks(labels, per_image=False, generator=torch.Generator().manual_seed(seed))
+        for label, mask in zip(labels, masks):  # with fewer classes per image: a subset of a draw
+            pasted, kept = _chosen_classes(label, mask)
+            assert not (pasted & kept) and len(pasted) <= math.ceil(len(union) / 2)
+    assert differ and drew_ignore  # independent per image; ignore is a class here
 
 
 def test_class_mix_choice_is_uniform_and_reproducible():

@@ -1,6 +1,7 @@
 """The per-term losses of every method over 3 training steps equal the ones recorded in
 ``tests/data/step_golden.json``, which were captured from the training step as it stood before the
-method API redesign (commit named in the file). Any refactor of the step must keep them.
+method API redesign (commit named in the file; a case whose behaviour was meant to change later is
+listed under "recaptured" with why). Any refactor of the step must keep them.
 
 Each case is one method's settings on the ``miniscapes_tiny`` scale (64x128 crops, mit_nano), so
 the whole matrix runs in seconds; no warm-up, so that steps 2 and 3 see full-size updates, and a pseudo-label threshold of 0.06 and FD on road, sidewalk, building, vegetation, sky and car at a cell purity of 0.2, so that the untrained teacher gives q > 0 and FD has cells; every branch of the step is covered: source-only (plain and

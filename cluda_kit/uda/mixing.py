@@ -57,13 +57,15 @@ def class_mix_masks(
     Args:
         labels: (B, H, W) integer source ground truth (trainIds, ``ignore_index`` = ignore), values
             in [0, 256).
-        per_image: True (DACS, the default): each image draws from its own n present classes.
-            False (the DAFormer/HRDA release, an acknowledged accident kept for reproducibility):
-            ⌈n/2⌉ classes are drawn once from the union of the classes of the whole batch and the
-            same classes are pasted from every image (an image may then paste few or no pixels).
+        per_image: True (DACS, the default): each image draws from its own n present classes;
+            ``ignore_index`` is never chosen (its pixels always take the target).
+            False (the DAFormer/HRDA/CLUDA release, an acknowledged accident kept for
+            reproducibility): each image draws, independently, ⌈n/2⌉ of the n classes present in
+            the *whole batch*, ``ignore_index`` included (the release's ``torch.unique(labels)``
+            inside its per-image loop), and pastes its own pixels of those classes (few or none
+            when it holds few of them; its ignore pixels when 255 was drawn).
         generator: optional random generator for the class choice.
-        ignore_index: label value that is never chosen (its pixels always take the target). The
-            release's ``torch.unique`` does not exclude 255, so there ignore counts as a class.
+        ignore_index: the ignore label (see ``per_image``).
 
     Returns:
         (B, 1, H, W) float32 masks M in {0, 1}, 1 where the pixel's class was chosen (pasted from
@@ -84,16 +86,17 @@ def class_mix_masks(
     except RuntimeError as e:
         raise ValueError(f"mixing.py: class_mix_masks expects label values in [0, {_LABEL_SLOTS}); "
                          f"got min {int(flat.min())}, max {int(flat.max())}") from e
-    if 0 <= ignore_index < _LABEL_SLOTS:
-        present[:, ignore_index] = False
-    if not per_image:
-        present = present.any(dim=0, keepdim=True)  # (1, 256): union over the batch
+    if per_image:
+        if 0 <= ignore_index < _LABEL_SLOTS:
+            present[:, ignore_index] = False
+    else:  # the release: every image draws from the union over the batch, ignore included
+        present = present.any(dim=0, keepdim=True).expand(b, -1)
     n = present.sum(dim=1, keepdim=True)
     k = (n + 1) // 2  # ⌈n/2⌉
     # A uniformly random ranking of the present classes; the k best-ranked are chosen.
     keys = uniform(tuple(present.shape), generator, labels.device).masked_fill(~present, 2.0)
     rank = keys.argsort(dim=1).argsort(dim=1)
-    chosen = (present & (rank < k)).expand(b, -1)
+    chosen = present & (rank < k)
     return chosen.gather(1, flat).reshape(b, 1, h, w).to(torch.float32)
 
 

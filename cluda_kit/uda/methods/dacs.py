@@ -114,7 +114,7 @@ class DACS(SourceOnly):
         return pl, pw
 
     def describe(self) -> str:
-        parts = [f"{self.name}: τ={self.threshold}", "ClassMix " + ("per image" if self.mix_per_image else "batch-wide")]
+        parts = [f"{self.name}: τ={self.threshold}", "ClassMix " + ("per image" if self.mix_per_image else "from the batch's classes (release)")]
         if self.mic is not None:
             parts.append(f"MIC λ={self.mic.weight}")
         return ", ".join(parts)
