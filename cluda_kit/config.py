@@ -82,6 +82,9 @@ class HRDAConfig:
     # context fused feature)
     entropy_window_after: int | None = None  # mixed batch: max-entropy detail window from this
     # iteration on (CLUDA: 12000); None = always random
+    attention_dim: int | None = 256  # width (per-level embedding and fused channels) of the scale
+    # attention and feat_weighter heads: the release's attention_embed_dim; None = the decoder's
+    # model.embed_dim and model.fused_dim
 
 
 @dataclass(frozen=True)

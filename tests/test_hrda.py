@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cluda_kit.config import load_config
+from cluda_kit.config import load_config, replace
 from cluda_kit.uda.methods import cluda as cluda_mod
 from cluda_kit.engine.trainer import Trainer
 from cluda_kit.models import build_segmentor
@@ -385,3 +385,27 @@ def test_hrda_paper_numbers_in_presets():
     mini = load_config("miniscapes_hrda_cluda")
     assert mini.model.hrda.enabled and mini.model.hrda.feat_weighter
     assert mini.loss.contrastive.enabled and mini.loss.contrastive.multires_weight == 0.5
+
+
+def test_attention_heads_have_their_own_width():
+    """The release builds HRDA's scale attention and CLUDA's feat_weighter at attention_embed_dim
+    = 256 while the CLUDA decoder is 512 wide: model.hrda.attention_dim (256 in the paper presets;
+    None = the decoder's widths, as miniscapes uses)."""
+    from cluda_kit.models import build_segmentor
+
+    cfg = load_config("gta2cs_hrda_cluda")
+    assert cfg.model.embed_dim == 512 and cfg.model.hrda.attention_dim == 256
+    assert load_config("gta2cs_hrda").model.hrda.attention_dim == 256
+    assert load_config("miniscapes_hrda_cluda").model.hrda.attention_dim is None
+    small = load_config("miniscapes_hrda_cluda", ["model.embed_dim=8", "model.fused_dim=12"])
+
+    for dim, (embed, fused) in ((None, (8, 12)), (24, (24, 24))):
+        cfg = replace(small, [f"model.hrda.attention_dim={'null' if dim is None else dim}"])
+        net = HRDASegmentor.from_config(build_segmentor(cfg.model), cfg.model)
+        for head, out in ((net.scale_attention, 19), (net.feat_weighter, 1)):
+            shapes = {n: tuple(p.shape) for n, p in head.named_parameters()}
+            assert {shapes[f"embed_layers.{k}.weight"][0] for k in range(4)} == {embed}
+            assert shapes["fuse_layer.conv.weight"][:2] == (fused, 4 * embed)
+            assert shapes["conv_seg.weight"][:2] == (out, fused)
+        dec = {n: tuple(p.shape) for n, p in net.segmentor.decoder.named_parameters()}
+        assert dec["embed_layers.0.weight"][0] == 8  # the decoder keeps its own width

@@ -219,6 +219,8 @@ class HRDASegmentor(nn.Module):
         feat_weighter: add CLUDA's one-channel weight head.
         embed_dim, fused_dim, dropout: of the attention and weight heads (DAFormer-style per-level
             embeddings to ``embed_dim``, 1x1 conv-BN-ReLU fusion to ``fused_dim``).
+        attention_dim: if given, both widths of those two heads (the release's
+            ``attention_embed_dim`` = 256, whatever the decoder's width); None = the two above.
         inference_batch: detail windows forwarded together in inference (0 = all at once).
 
     ``.encoder`` / ``.decoder`` are the wrapped segmentor's (parameter groups, FD's ImageNet copy).
@@ -228,7 +230,8 @@ class HRDASegmentor(nn.Module):
                  detail_crop: tuple[int, int] = (512, 512), detail_divisible: int = 8,
                  detail_loss_weight: float = 0.1, inference_stride: tuple[int, int] = (256, 256),
                  feat_weighter: bool = False, embed_dim: int = 256, fused_dim: int = 256,
-                 dropout: float = 0.1, inference_batch: int = 0) -> None:
+                 attention_dim: int | None = None, dropout: float = 0.1,
+                 inference_batch: int = 0) -> None:
         super().__init__()
         stride = int(segmentor.output_stride)
         if detail_divisible % stride:
@@ -248,22 +251,25 @@ class HRDASegmentor(nn.Module):
         self.inference_batch = int(inference_batch)
         self.output_stride = stride
         channels = tuple(segmentor.encoder.out_channels)
-        self.scale_attention = DAFormerHead(channels, num_classes, embed_dim, fused_dim,
+        # the release builds both heads at attention_embed_dim (256) whatever the decoder's width
+        head_embed, head_fused = (embed_dim, fused_dim) if attention_dim is None else (attention_dim,) * 2
+        self.scale_attention = DAFormerHead(channels, num_classes, head_embed, head_fused,
                                             dropout=dropout, fusion="conv1x1")
-        self.feat_weighter = (DAFormerHead(channels, 1, embed_dim, fused_dim, dropout=dropout,
+        self.feat_weighter = (DAFormerHead(channels, 1, head_embed, head_fused, dropout=dropout,
                                            fusion="conv1x1") if feat_weighter else None)
 
     @classmethod
     def from_config(cls, segmentor: Segmentor, model_cfg: Any) -> HRDASegmentor:
         """Wrap ``segmentor`` with the settings of a ``ModelConfig`` (its ``hrda`` section,
-        ``num_classes``, ``embed_dim``, ``fused_dim``, ``dropout``)."""
+        ``num_classes``, ``embed_dim``, ``fused_dim``, ``dropout``; ``hrda.attention_dim`` sets the
+        width of the scale-attention and feat_weighter heads)."""
         h = model_cfg.hrda
         return cls(segmentor, model_cfg.num_classes, context_scale=h.context_scale,
                    detail_crop=tuple(h.detail_crop), detail_divisible=h.detail_divisible,
                    detail_loss_weight=h.detail_loss_weight,
                    inference_stride=tuple(h.inference_stride), feat_weighter=h.feat_weighter,
                    embed_dim=model_cfg.embed_dim, fused_dim=model_cfg.fused_dim,
-                   dropout=model_cfg.dropout)
+                   attention_dim=h.attention_dim, dropout=model_cfg.dropout)
 
     @property
     def encoder(self) -> nn.Module:
