@@ -54,6 +54,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from .engine.evaluate import subset_mious
     from .engine.trainer import Trainer, print_summary
 
     trainer = Trainer.resume(args.run, overrides=[f"data.val.split={args.split}"]
@@ -73,6 +74,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     res = trainer.evaluate(model, callback=callback)
     summary = {"miou": 100.0 * float(res["miou"]),
+               **{k: 100.0 * v for k, v in subset_mious(res["cm"], trainer.cfg.data.source.name).items()},
                "iou": {c: 100.0 * float(v) for c, v in zip(_classes(), res["iou"])}}
     print(print_summary(summary))
     if args.save_predictions:

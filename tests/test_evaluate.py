@@ -367,3 +367,39 @@ def test_one_window_grid_for_evaluation_and_hrda():
                 assert spans[-1][1] == size
                 if stride <= window:  # overlapping or touching windows leave no gap
                     assert covered == set(range(size))
+
+
+def test_synthia_runs_report_miou16_and_miou13_beside_miou19():
+    """Synthia->Cityscapes is reported on 16 and 13 classes: the evaluation record, summary.json,
+    TensorBoard (every numeric record key) and the printed table carry mIoU16 / mIoU13 for a
+    SYNTHIA source, and nothing extra for others."""
+    import dataclasses
+
+    from cluda_kit.config import load_config
+    from cluda_kit.data.labels import SYNTHIA13, SYNTHIA16
+    from cluda_kit.engine.evaluate import mean_iou, subset_mious
+    from cluda_kit.engine.trainer import Trainer, print_summary
+
+    g = torch.Generator().manual_seed(0)
+    cm = torch.randint(0, 50, (19, 19), generator=g) + torch.diag(torch.randint(50, 200, (19,), generator=g))
+    got = subset_mious(cm, "synthia")
+    iou = (cm.diag() / (cm.sum(0) + cm.sum(1) - cm.diag())).double()
+    assert got["miou16"] == pytest.approx(iou[list(SYNTHIA16)].mean().item())
+    assert got["miou13"] == pytest.approx(iou[list(SYNTHIA13)].mean().item())
+    assert len(SYNTHIA16) == 16 and len(SYNTHIA13) == 13 and subset_mious(cm, "gta") == {}
+    assert mean_iou(cm) == pytest.approx(iou.mean().item())
+
+    cfg = load_config("miniscapes_tiny", ["train.max_iters=1", "train.eval_every=1"])
+    trainer = Trainer(cfg, progress=False)
+    plain = trainer._eval_record()
+    assert "miou16" not in plain
+    trainer.cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, source=dataclasses.replace(cfg.data.source, name="synthia")))
+    record = trainer._eval_record()
+    ious = [record["iou"][c] for c in record["iou"]]
+    for key, ids in (("miou16", SYNTHIA16), ("miou13", SYNTHIA13)):
+        vals = [ious[i] for i in ids if ious[i] is not None]
+        assert record[key] == pytest.approx(sum(vals) / len(vals))
+    table = print_summary(record).splitlines()
+    assert table[-2].split()[0] == "mIoU16" and float(table[-2].split()[1]) == pytest.approx(record["miou16"], abs=0.006)
+    assert table[-1].split()[0] == "mIoU13"

@@ -31,9 +31,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data import labels as label_table
 from ..models.sliding import window_spans
 
 __all__ = [
+    "SUBSET_MIOUS",
+    "subset_mious",
     "ConfusionMeter",
     "confusion_matrix",
     "evaluate",
@@ -150,6 +153,20 @@ def mean_iou(cm: ArrayLike, classes: Sequence[int] | None = None) -> float:
     if classes is not None:
         iou = iou[list(classes)]
     return _nanmean(iou)
+
+
+#: mIoUs over class subsets that a benchmark reports beside the 19-class mIoU, by source domain:
+#: Synthia->Cityscapes is reported on 16 classes (no terrain, truck, train) and 13 (also no wall,
+#: fence, pole).
+SUBSET_MIOUS: dict[str, dict[str, tuple[int, ...]]] = {
+    "synthia": {"miou16": label_table.SYNTHIA16, "miou13": label_table.SYNTHIA13},
+}
+
+
+def subset_mious(cm: ArrayLike, source: str) -> dict[str, float]:
+    """``{"miou16": ..., "miou13": ...}`` (fractions) for a ``source`` domain whose benchmark
+    reports them (``SUBSET_MIOUS``), else ``{}``."""
+    return {name: mean_iou(cm, classes) for name, classes in SUBSET_MIOUS.get(source, {}).items()}
 
 
 def pixel_accuracy(cm: ArrayLike) -> float:

@@ -67,7 +67,7 @@ from .checkpoint import (
 )
 from .distributed import Distributed
 from .evaluate import evaluate as run_evaluation
-from .evaluate import format_iou_table
+from .evaluate import SUBSET_MIOUS, format_iou_table, subset_mious
 from .guard import NonFiniteGuard, NonFiniteLossError
 from .optim import lr_at, param_groups
 
@@ -369,8 +369,10 @@ class Trainer:
         res = self.evaluate(progress=False)
         iou = [None if math.isnan(v) else 100.0 * float(v)
                for v in np.asarray(res["iou"], dtype=float)]
-        record = {"iter": self.iter, "miou": 100.0 * float(res["miou"]),
-                  "iou": dict(zip(label_table.CLASSES, iou))}
+        record = {"iter": self.iter, "miou": 100.0 * float(res["miou"])}
+        # Synthia->Cityscapes: mIoU16 and mIoU13 beside mIoU19 (logged, in summary.json, TensorBoard)
+        record.update({k: 100.0 * v for k, v in subset_mious(res["cm"], self.cfg.data.source.name).items()})
+        record["iou"] = dict(zip(label_table.CLASSES, iou))
         self._log(record)
         return record
 
@@ -410,7 +412,9 @@ class Trainer:
             last_eval = self._eval_record()
         if self.out_dir is not None:
             self.save()
-        summary = {"iter": self.iter, "miou": last_eval["miou"], "iou": last_eval["iou"],
+        summary = {"iter": self.iter, "miou": last_eval["miou"],
+                   **{k: v for k, v in last_eval.items() if k.startswith("miou") and k != "miou"},
+                   "iou": last_eval["iou"],
                    "wall_time_s": wall, "iters_per_s": (self.iter - it0) / max(wall, 1e-9),
                    "preset": self.cfg.name}
         if self.out_dir is not None and self.dist.is_main:
@@ -598,4 +602,6 @@ def print_summary(summary: dict, classes: Iterable[str] = label_table.CLASSES) -
     them), as `cluda-kit train/evaluate` print it."""
     iou = [summary["iou"].get(c) for c in classes]
     iou = [float("nan") if v is None else v / 100.0 for v in iou]
-    return format_iou_table(np.asarray(iou, dtype=float), list(classes))
+    subsets = {f"mIoU{key[4:]}": ids for named in SUBSET_MIOUS.values() for key, ids in named.items()
+               if key in summary}  # Synthia->Cityscapes: mIoU16, mIoU13
+    return format_iou_table(np.asarray(iou, dtype=float), list(classes), subsets=subsets or None)
