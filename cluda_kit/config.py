@@ -94,6 +94,7 @@ class ModelConfig:
     num_classes: int = 19  # C
     embed_dim: int = 256  # decoder per-level embedding (CLUDA release: 512)
     fused_dim: int = 256  # D: channels of the fused feature
+    decoder_init: str = "mmcv"  # mmcv: the release's ConvModule init (Kaiming-normal, fan_out) | torch: PyTorch's default
     aspp_dilations: tuple[int, ...] = (1, 6, 12, 18)
     dropout: float = 0.1
     drop_path_rate: float = 0.1
@@ -427,6 +428,7 @@ _CHOICES = {
     "uda.mode": ("source_only", "oracle", "self_training"),
     "uda.teacher_mode": ("train", "eval"),
     "model.decoder": ("daformer", "deeplabv2", "segformer"),
+    "model.decoder_init": ("mmcv", "torch"),
     "train.amp": ("auto", "bf16", "fp16", "none"),
     "train.eval_mode": ("whole", "slide"),
     "data.source.name": ("miniscapes", "gta", "synthia", "cityscapes"),

@@ -329,3 +329,35 @@ def test_segmentor_from_parts():
     out = model(torch.randn(1, 3, 32, 32))
     assert out.logits.shape == (1, 3, 8, 8) and out.fused.shape == (1, 6, 8, 8)
     assert out.embedding.shape == (1, 2, 8, 8)
+
+
+@pytest.mark.parametrize("decoder", ["daformer", "segformer"])
+def test_decoder_init_mmcv_is_kaiming_normal_fan_out_and_torch_is_the_default(decoder):
+    """model.decoder_init: "mmcv" (the paper presets) gives every conv-BN-ReLU of the heads mmcv's
+    ConvModule init, std sqrt(2 / fan_out) with zero-mean normal weights; "torch" (miniscapes)
+    keeps PyTorch's kaiming_uniform(a=sqrt(5)), std 1/sqrt(3 fan_in). The classifier is normal(0,
+    0.01) either way."""
+    import math
+
+    from cluda_kit.config import load_config
+    from cluda_kit.models.heads import ConvBNReLU
+    from cluda_kit.models.segmentor import build_segmentor
+
+    assert load_config("gta2cs_daformer_cluda").model.decoder_init == "mmcv"
+    assert load_config("miniscapes_cluda").model.decoder_init == "torch"
+    base = ["model.encoder=mit_nano", "model.pretrained=", f"model.decoder={decoder}",
+            "model.embed_dim=64", "model.fused_dim=96"]
+    for init in ("mmcv", "torch"):
+        torch.manual_seed(0)
+        model = build_segmentor(load_config("miniscapes_cluda", base + [f"model.decoder_init={init}"]).model)
+        convs = [m.conv for m in model.decoder.modules() if isinstance(m, ConvBNReLU)]
+        assert convs
+        for conv in convs:
+            w = conv.weight
+            k = w.shape[2] * w.shape[3]
+            want = math.sqrt(2 / (w.shape[0] * k)) if init == "mmcv" else 1 / math.sqrt(3 * w.shape[1] * k)
+            assert abs(w.std().item() / want - 1) < 0.1, (init, tuple(w.shape), w.std().item(), want)
+            if init == "mmcv":
+                assert w.abs().max() > math.sqrt(3) * want  # normal, not uniform: tails beyond the uniform bound
+        cls = model.decoder.conv_seg if decoder == "daformer" else model.decoder.linear_pred
+        assert abs(cls.weight.std().item() - 0.01) < 0.002

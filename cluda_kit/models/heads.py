@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ConvBNReLU", "DepthwiseSeparableConv", "SeparableASPP", "DAFormerHead",
+__all__ = ["init_conv_modules", "ConvBNReLU", "DepthwiseSeparableConv", "SeparableASPP", "DAFormerHead",
            "DeepLabV2Head", "SegFormerHead", "DEEPLAB_V2_DILATIONS"]
 
 #: DeepLabV2's ASPP dilations. With ``dilation_quirk`` only the first two (6, 12) are used.
@@ -191,6 +191,21 @@ class DeepLabV2Head(nn.Module):
         for conv in self.aspp_modules[1:]:
             logits = logits + conv(x)
         return logits, x
+
+
+def init_conv_modules(module: nn.Module) -> nn.Module:
+    """mmcv's ConvModule initialisation (the release's heads) on every :class:`ConvBNReLU` inside
+    ``module``: conv weights Kaiming-normal (fan_out, ReLU gain, i.e. std sqrt(2 / (C_out k²))),
+    zero bias; BatchNorm weight 1, bias 0. Other layers keep theirs (the 1x1 embeddings are
+    mmseg's ``nn.Linear`` MLPs with PyTorch's default init; the classifier is normal(0, 0.01))."""
+    for m in module.modules():
+        if isinstance(m, ConvBNReLU):
+            nn.init.kaiming_normal_(m.conv.weight, mode="fan_out", nonlinearity="relu")
+            if m.conv.bias is not None:
+                nn.init.zeros_(m.conv.bias)
+            nn.init.ones_(m.bn.weight)
+            nn.init.zeros_(m.bn.bias)
+    return module
 
 
 def _init_classifier(conv: nn.Conv2d) -> None:

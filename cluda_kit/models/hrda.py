@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..runtime import generator_device, host_tensor
-from .heads import DAFormerHead
+from .heads import DAFormerHead, init_conv_modules
 from .segmentor import SegOutput, Segmentor
 from .sliding import window_starts
 
@@ -264,12 +264,17 @@ class HRDASegmentor(nn.Module):
         ``num_classes``, ``embed_dim``, ``fused_dim``, ``dropout``; ``hrda.attention_dim`` sets the
         width of the scale-attention and feat_weighter heads)."""
         h = model_cfg.hrda
-        return cls(segmentor, model_cfg.num_classes, context_scale=h.context_scale,
-                   detail_crop=tuple(h.detail_crop), detail_divisible=h.detail_divisible,
-                   detail_loss_weight=h.detail_loss_weight,
-                   inference_stride=tuple(h.inference_stride), feat_weighter=h.feat_weighter,
-                   embed_dim=model_cfg.embed_dim, fused_dim=model_cfg.fused_dim,
-                   attention_dim=h.attention_dim, dropout=model_cfg.dropout)
+        net = cls(segmentor, model_cfg.num_classes, context_scale=h.context_scale,
+                  detail_crop=tuple(h.detail_crop), detail_divisible=h.detail_divisible,
+                  detail_loss_weight=h.detail_loss_weight,
+                  inference_stride=tuple(h.inference_stride), feat_weighter=h.feat_weighter,
+                  embed_dim=model_cfg.embed_dim, fused_dim=model_cfg.fused_dim,
+                  attention_dim=h.attention_dim, dropout=model_cfg.dropout)
+        if getattr(model_cfg, "decoder_init", "torch") == "mmcv":  # the release's ConvModule init
+            init_conv_modules(net.scale_attention)
+            if net.feat_weighter is not None:
+                init_conv_modules(net.feat_weighter)
+        return net
 
     @property
     def encoder(self) -> nn.Module:

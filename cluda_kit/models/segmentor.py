@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .heads import DAFormerHead, DeepLabV2Head, SegFormerHead
+from .heads import DAFormerHead, DeepLabV2Head, SegFormerHead, init_conv_modules
 from .mit import MIT_SPECS, mit
 from .resnet import RESNET_DEPTHS, resnet
 
@@ -116,7 +116,8 @@ def build_segmentor(cfg: Any) -> Segmentor:
     Reads ``encoder``, ``decoder``, ``num_classes``, ``embed_dim``, ``fused_dim``,
     ``aspp_dilations`` (DAFormer head; DeepLabV2 always uses 6/12/18/24, or 6/12 with the quirk),
     ``dropout``, ``drop_path_rate``, ``output_stride``,
-    ``deeplab_dilation_quirk``, ``pretrained`` ("" or a local path / hub name, loaded with
+    ``deeplab_dilation_quirk``, ``decoder_init`` ("mmcv": :func:`~cluda_kit.models.heads.init_conv_modules`
+    on the decoder; "torch": PyTorch's defaults), ``pretrained`` ("" or a local path / hub name, loaded with
     :func:`cluda_kit.models.weights.load_pretrained`: encoder-only files go into the encoder,
     full checkpoints into the whole segmentor), ``channels_last``, ``activation_checkpointing``
     and ``projection_dim``. Parameters are created on the CPU in float32; seed with
@@ -129,6 +130,8 @@ def build_segmentor(cfg: Any) -> Segmentor:
                             embed_dim=cfg.embed_dim, fused_dim=cfg.fused_dim,
                             aspp_dilations=tuple(cfg.aspp_dilations), dropout=cfg.dropout,
                             deeplab_dilation_quirk=cfg.deeplab_dilation_quirk)
+    if getattr(cfg, "decoder_init", "torch") == "mmcv":
+        init_conv_modules(decoder)
     model = Segmentor(encoder, decoder, cfg.projection_dim, channels_last=cfg.channels_last)
     if cfg.pretrained:
         from .weights import load_pretrained
