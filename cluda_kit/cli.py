@@ -77,6 +77,19 @@ def _evaluate(args: argparse.Namespace) -> int:
                **{k: 100.0 * v for k, v in subset_mious(res["cm"], trainer.cfg.data.source.name).items()},
                "iou": {c: 100.0 * float(v) for c, v in zip(_classes(), res["iou"])}}
     print(print_summary(summary))
+    val = trainer.cfg.data.val
+    if val.resize is not None and not val.resize_label:
+        # the papers' protocol above (prediction upsampled to the full-resolution labels); also the
+        # score against labels resized with the image, which differs, and which earlier kit
+        # versions reported
+        import dataclasses
+
+        trainer.cfg = dataclasses.replace(trainer.cfg, data=dataclasses.replace(
+            trainer.cfg.data, val=dataclasses.replace(val, resize_label=True)))
+        small = trainer.evaluate(model)
+        print(f"mIoU {100.0 * float(res['miou']):.2f} against the full-resolution labels (the papers' "
+              f"protocol, above); {100.0 * float(small['miou']):.2f} against labels resized with the "
+              f"image to fit {tuple(val.resize)}")
     if args.save_predictions:
         print(f"wrote {len(written)} Cityscapes labelId predictions to {args.save_predictions}")
     return 0

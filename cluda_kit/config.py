@@ -35,6 +35,8 @@ class DatasetConfig:
     split: str = "train"
     size: tuple[int, int] = (256, 512)  # miniscapes render size (H, W)
     resize: tuple[int, int] | None = None  # keep-ratio resize target (H, W); None = as stored
+    resize_label: bool = True  # False: resize the image only, the label stays at full resolution
+    # (the papers' evaluation: the prediction is upsampled to the original labels)
     length: int | None = None  # miniscapes number of scenes (None = the split's default)
     seed: int = 0  # miniscapes world seed
     gap: float | None = None  # miniscapes appearance gap of `real` (None = the calibrated default)

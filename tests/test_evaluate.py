@@ -403,3 +403,44 @@ def test_synthia_runs_report_miou16_and_miou13_beside_miou19():
     table = print_summary(record).splitlines()
     assert table[-2].split()[0] == "mIoU16" and float(table[-2].split()[1]) == pytest.approx(record["miou16"], abs=0.006)
     assert table[-1].split()[0] == "mIoU13"
+
+
+def test_paper_protocol_scores_upsampled_predictions_against_full_resolution_labels(tmp_path, capsys):
+    """data.val.resize_label=false (the 512-scale paper presets): the network sees the resized
+    image, its prediction is upsampled to the full-resolution label; `cluda-kit evaluate` prints
+    that mIoU and also the one against labels resized with the image."""
+    import re
+
+    from fake_data import make_cityscapes_tree
+
+    from cluda_kit.cli import main as cli_main
+    from cluda_kit.config import load_config
+    from cluda_kit.data.datasets import build_dataset
+
+    assert load_config("gta2cs_daformer_cluda").data.val.resize_label is False
+    from cluda_kit.data.prepare import prepare
+
+    make_cityscapes_tree(tmp_path / "cs", "val", n=2, h=128, w=256)
+    prepare("cityscapes", tmp_path / "cs", progress=False)
+    spec = {"name": "cityscapes", "root": str(tmp_path / "cs"), "split": "val", "size": (64, 128)}
+    full = build_dataset({**spec, "resize_label": False})[0]
+    small = build_dataset(spec)[0]
+    assert tuple(full["image"].shape) == (3, 64, 128) and tuple(full["label"].shape) == (128, 256)
+    assert tuple(small["label"].shape) == (64, 128) and torch.equal(small["image"], full["image"])
+
+    run = tmp_path / "run"
+    val = [f"data.val.name=cityscapes", f"data.val.root={tmp_path / 'cs'}", "data.val.split=val",
+           "data.val.resize=[64,128]", "data.val.resize_label=false", "data.val_length=null"]
+    args = ["train", "miniscapes_tiny", "--out", str(run), "--set", "train.max_iters=1",
+            "--set", "train.eval_every=0", "--set", "train.checkpoint_every=0"]
+    for v in val:
+        args += ["--set", v]
+    assert cli_main(args) == 0
+    capsys.readouterr()
+    assert cli_main(["evaluate", str(run)]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"mIoU (\d+\.\d\d) against the full-resolution labels .*; (\d+\.\d\d) against labels "
+                  r"resized with the image to fit \(64, 128\)", out)
+    assert m, out[-500:]
+    table_miou = float(re.search(r"^mIoU\s+(\d+\.\d\d)", out, flags=re.M).group(1))
+    assert float(m.group(1)) == table_miou

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from cluda_kit.data.transforms import resize
+from cluda_kit.data.transforms import resize, resize_image
 
 __all__ = [
     "STATS_FILE",
@@ -294,19 +294,25 @@ class Cityscapes(SegmentationFolder):
 
 
 class _Resized(Dataset):
-    """``dataset`` with every sample resized to fit ``size`` (keep ratio) before ``transform``."""
+    """``dataset`` with every sample resized to fit ``size`` (keep ratio) before ``transform``;
+    with ``resize_label=False`` only the image (the label keeps its full resolution)."""
 
-    def __init__(self, dataset: SegmentationFolder, size: tuple[int, int], transform: Transform | None):
+    def __init__(self, dataset: SegmentationFolder, size: tuple[int, int], transform: Transform | None,
+                 resize_label: bool = True):
         self.dataset = dataset
         self.size = size
         self.transform = transform
+        self.resize_label = resize_label
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.dataset[index]
-        image, label = resize(sample["image"], sample["label"], self.size, keep_ratio=True)
+        if self.resize_label:
+            image, label = resize(sample["image"], sample["label"], self.size, keep_ratio=True)
+        else:
+            image, label = resize_image(sample["image"], self.size, keep_ratio=True), sample["label"]
         if self.transform is not None:
             image, label = self.transform(image, label)
         return {"image": image, "label": label, "name": sample["name"]}
@@ -333,7 +339,8 @@ def build_dataset(spec: Any, transform: Transform | None = None) -> Dataset:
       (``size`` None keeps Miniscapes' default).
     * gta / synthia / cityscapes: the reader over ``root`` with its first ``length`` samples; a
       ``size`` resizes every sample to fit (H, W) keeping the ratio (DAFormer: GTA (720, 1280),
-      Cityscapes (512, 1024)) before ``transform``. ``class_stats()`` still describes full-resolution labels.
+      Cityscapes (512, 1024)) before ``transform``; ``resize_label`` False resizes the image only
+      (evaluation against full-resolution labels). ``class_stats()`` still describes full-resolution labels.
     """
     name = _field(spec, "name")
     split = _field(spec, "split") or "train"
@@ -361,4 +368,5 @@ def build_dataset(spec: Any, transform: Transform | None = None) -> Dataset:
         raise ValueError(f"dataset spec {name!r} needs a root folder")
     if size is None:
         return readers[name](root, split, transform, length=length)
-    return _Resized(readers[name](root, split, None, length=length), size, transform)
+    return _Resized(readers[name](root, split, None, length=length), size, transform,
+                    resize_label=bool(_field(spec, "resize_label", True)))

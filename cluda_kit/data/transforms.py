@@ -101,6 +101,16 @@ def rescale_size(height: int, width: int, size: tuple[int, int], keep_ratio: boo
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
+def resize_image(image: torch.Tensor, size: tuple[int, int], keep_ratio: bool = True,
+                 antialias: bool = False) -> torch.Tensor:
+    """Resize a uint8 image (3, H, W) bilinearly as :func:`resize` does, without a label (the
+    papers' evaluation resizes the image for the network and keeps the full-resolution label)."""
+    out_h, out_w = rescale_size(image.shape[1], image.shape[2], size, keep_ratio)
+    if (out_h, out_w) == tuple(image.shape[1:]):
+        return image
+    return TF.resize(image, [out_h, out_w], interpolation=InterpolationMode.BILINEAR, antialias=antialias)
+
+
 def resize(
     image: torch.Tensor,
     label: torch.Tensor,
@@ -125,7 +135,7 @@ def resize(
     out_h, out_w = rescale_size(image.shape[1], image.shape[2], size, keep_ratio)
     if (out_h, out_w) == tuple(image.shape[1:]):
         return image, label
-    image = TF.resize(image, [out_h, out_w], interpolation=InterpolationMode.BILINEAR, antialias=antialias)
+    image = resize_image(image, size, keep_ratio, antialias)
     # nearest resizing is not implemented for int64; trainIds fit in uint8
     label8 = TF.resize(label.to(torch.uint8)[None], [out_h, out_w], interpolation=InterpolationMode.NEAREST)
     return image, label8[0].to(label.dtype)

@@ -94,7 +94,7 @@ def dataset_from_config(spec: DatasetConfig, where: str, num_classes: int | None
     With ``num_classes``, labels read from files are checked (:class:`CheckedLabels`)."""
     fields: dict[str, Any] = {"name": spec.name, "split": spec.split, "length": spec.length,
                               "domain": spec.domain, "seed": spec.seed, "root": spec.root,
-                              "gap": spec.gap}
+                              "gap": spec.gap, "resize_label": spec.resize_label}
     fields["size"] = spec.size if spec.name == "miniscapes" else spec.resize
     try:
         ds = build_dataset(fields)
