@@ -82,8 +82,8 @@ class HRDAConfig:
     feat_weighter: bool = False  # CLUDA learned-weighted contrastive loss head (needed for the
     # multi-resolution loss; without it HRDA + contrastive uses the single-resolution loss on the
     # context fused feature)
-    entropy_window_after: int | None = None  # mixed batch: max-entropy detail window from this
-    # iteration on (CLUDA: 12000); None = always random
+    entropy_window_after: int | None = None  # mixed batch: max-entropy detail window after this
+    # (0-based) iteration, as the release's `local_iter > 12000` (CLUDA: 12000); None = always random
     attention_dim: int | None = 256  # width (per-level embedding and fused channels) of the scale
     # attention and feat_weighter heads: the release's attention_embed_dim; None = the decoder's
     # model.embed_dim and model.fused_dim

@@ -16,7 +16,7 @@ SHRINK = ["data.source.size=[64, 128]", "data.source.length=6", "data.target.siz
           "train.eval_every=0", "train.checkpoint_every=0", "train.log_every=1",
           "train.figure_every=0", "train.threads=1"]
 HRDA = ["model.hrda.detail_crop=[32, 64]", "model.hrda.inference_stride=[16, 32]",
-        "model.hrda.entropy_window_after=1"]
+        "model.hrda.entropy_window_after=0"]  # the audited step (iteration 1) uses the max-entropy window
 
 # Reads of host tensors, which the CPU audit cannot tell from device tensors. Each is by design:
 #   strong_augment       the on/off draws come from the CPU generator (a Python float per draw)

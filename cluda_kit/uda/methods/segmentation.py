@@ -70,7 +70,7 @@ class HRDASegmentation(PlainSegmentation):
 
     Args:
         ce_mean_over_all: see :func:`cross_entropy`.
-        entropy_window_after: the mixed batch's detail window is the max-entropy one from this
+        entropy_window_after: the mixed batch's detail window is the max-entropy one after this
             step on (None: always random).
     """
 
@@ -102,8 +102,8 @@ class HRDASegmentation(PlainSegmentation):
         return ctx.student.context_input(normalize(images))
 
     def mix_window(self, it: int) -> str:
-        after = self.entropy_window_after
-        return "entropy" if after is not None and it >= after else "random"
+        after = self.entropy_window_after  # the release: `if local_iter > 12000` (after, not from)
+        return "entropy" if after is not None and it > after else "random"
 
 
 def segmentation_for(cfg: Any) -> PlainSegmentation:
