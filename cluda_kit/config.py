@@ -84,6 +84,8 @@ class HRDAConfig:
     # context fused feature)
     entropy_window_after: int | None = None  # mixed batch: max-entropy detail window after this
     # (0-based) iteration, as the release's `local_iter > 12000` (CLUDA: 12000); None = always random
+    entropy_window_per_image: bool = True  # each image its own max-entropy window (the release);
+    # False: one window for the batch (mean entropy over the batch)
     attention_dim: int | None = 256  # width (per-level embedding and fused channels) of the scale
     # attention and feat_weighter heads: the release's attention_embed_dim; None = the decoder's
     # model.embed_dim and model.fused_dim

@@ -15,7 +15,7 @@ from cluda_kit.engine.trainer import Trainer
 from cluda_kit.models import build_segmentor
 from cluda_kit.models import hrda as hrda_mod
 from cluda_kit.models.hrda import (
-    HRDASegmentor, max_entropy_window, place_in_canvas, random_window, window_starts,
+    HRDASegmentor, crop_to_box, max_entropy_window, place_in_canvas, random_window, window_starts,
 )
 from cluda_kit.models.segmentor import Segmentor
 
@@ -242,10 +242,50 @@ def test_max_entropy_window_against_brute_force():
 
 
 def test_entropy_window_forward():
-    model = fake_hrda(detail_crop=(16, 16)).train()
-    x = torch.randn(1, 3, 32, 48)
+    model = fake_hrda(detail_crop=(16, 16), entropy_per_image=False).train()
+    x = torch.randn(2, 3, 32, 48)
     out = model(x, window="entropy")
     assert out.box == max_entropy_window(out.context_logits, (32, 48), (16, 16), (8, 8), 8)
+
+
+def test_max_entropy_window_per_image_against_brute_force():
+    g = torch.Generator().manual_seed(1)
+    for trial in range(3):
+        logits = 4 * torch.randn(3, C, 8, 12, generator=g)
+        boxes = max_entropy_window(logits, (32, 48), (16, 16), (8, 8), 8, per_image=True)
+        assert boxes == [_brute_force_entropy_window(logits[i : i + 1], (32, 48), (16, 16), (8, 8), 8)
+                         for i in range(3)]
+    # planted: image 0 uncertain at (16, 24), image 1 at (0, 0): each gets its own window
+    logits = torch.zeros(2, C, 8, 12)
+    logits[:, 0] = 20.0
+    logits[0, 0, 4:8, 6:10] = 0.0
+    logits[1, 0, 0:4, 0:4] = 0.0
+    assert max_entropy_window(logits, (32, 48), (16, 16), (8, 8), 8, per_image=True) == [
+        (16, 24, 32, 40), (0, 0, 16, 16)]
+
+
+def test_per_image_windows_equal_each_image_forwarded_alone():
+    """The release picks the max-entropy window per image: the batch forward with per-image boxes
+    equals each image's forward with its own box (fused logits, detail logits, window mask, the
+    detail label crop and canvas)."""
+    model = fake_hrda(detail_crop=(16, 16)).eval()
+    x = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(2))
+    x[1, :, :16, :16] = 0.0  # featureless corner: a different window for image 1
+    out = model(x, inference=False, window="entropy")
+    assert isinstance(out.box, list) and len(out.box) == 2
+    assert out.box == max_entropy_window(out.context_logits, (32, 48), (16, 16), (8, 8), 8, per_image=True)
+    labels = torch.randint(0, C, (2, 32, 48))
+    crops = crop_to_box(labels, out.box)
+    mask = out.window_mask()
+    assert mask.shape == (2, 1, 8, 12)
+    for i in range(2):
+        alone = model(x[i : i + 1], inference=False, box=out.box[i])
+        torch.testing.assert_close(out.logits[i], alone.logits[0])
+        torch.testing.assert_close(out.detail_logits[i], alone.detail_logits[0])
+        torch.testing.assert_close(mask[i], alone.window_mask()[0])
+        torch.testing.assert_close(out.detail_canvas(out.detail_logits)[i],
+                                   alone.detail_canvas(alone.detail_logits)[0])
+        assert torch.equal(crops[i], crop_to_box(labels[i : i + 1], out.box[i])[0])
 
 
 # ------------------------------------------------------------------------------- trainer

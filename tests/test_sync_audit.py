@@ -89,7 +89,7 @@ def test_training_step_has_no_host_sync(preset, extra):
     found = {(op, _fn(where)) for op, where in audit.events}
     assert found - HOST_SIDE - KNOWN == set(), audit.report()
     if preset == "miniscapes_hrda_cluda":
-        # one synchronisation for the window: its corner is read in one .tolist() (which the CPU
-        # audit sees as one scalar read per element, CUDA as one copy)
+        # one synchronisation for the windows: their corners (one per image) are copied to the host
+        # once (CUDA: one copy) and read with int(), which the CPU audit sees as scalar reads
         lines = {w for _, w in audit.events if _fn(w) == "max_entropy_window"}
         assert len(lines) == 1, audit.report()

@@ -52,11 +52,17 @@ from .segmentor import SegOutput, Segmentor
 from .sliding import window_starts
 
 __all__ = [
-    "HRDAOutput", "HRDASegmentor", "crop_to_box", "fuse_scales", "max_entropy_window",
+    "Box", "Boxes", "HRDAOutput", "HRDASegmentor", "crop_to_box", "fuse_scales", "max_entropy_window",
     "place_in_canvas", "random_window", "window_starts",
 ]
 
 Box = tuple[int, int, int, int]
+#: a detail window shared by the batch, or one per image (a list of B boxes of the same size)
+Boxes = Box | list[Box]
+
+
+def _per_image(box: Boxes) -> bool:
+    return isinstance(box, list)
 
 
 @dataclass
@@ -76,7 +82,9 @@ class HRDAOutput(SegOutput):
         detail_embedding: projection of ``detail_fused`` (projection_dim > 0), else None.
         attention: (B, C, gh, gw) the scale attention A used in the fusion (masked, upsampled).
         weight_map: (B, 1, hc, wc) feat_weighter output w in (0, 1), or None.
-        box: (y0, x0, y1, x1) detail window in input pixels (training), None in inference.
+        box: (y0, x0, y1, x1) detail window in input pixels (training), or a list of B such
+            boxes, one per image (the max-entropy window, as the release picks it); None in
+            inference.
         stride: s, the segmentor's output stride (grid cell side in input pixels).
     """
 
@@ -86,21 +94,26 @@ class HRDAOutput(SegOutput):
     detail_embedding: Tensor | None = None
     attention: Tensor | None = None
     weight_map: Tensor | None = None
-    box: Box | None = None
+    box: Boxes | None = None
     stride: int = 4
 
-    def grid_box(self) -> Box:
-        """The detail window on the logits grid (input pixels / stride)."""
+    def grid_box(self) -> Boxes:
+        """The detail window(s) on the logits grid (input pixels / stride)."""
         if self.box is None:
             raise ValueError("hrda.py: this output has no detail window (inference output)")
+        if _per_image(self.box):
+            return [_grid_box(b, self.stride) for b in self.box]
         return _grid_box(self.box, self.stride)
 
     def window_mask(self) -> Tensor:
-        """(1, 1, gh, gw) float mask, 1 inside the detail window on the logits grid."""
+        """(1, 1, gh, gw) float mask, 1 inside the detail window on the logits grid; (B, 1, gh, gw)
+        with one window per image."""
         gh, gw = self.logits.shape[-2:]
-        y0, x0, y1, x1 = self.grid_box()
-        mask = self.logits.new_zeros((1, 1, gh, gw))
-        mask[:, :, y0:y1, x0:x1] = 1
+        boxes = self.grid_box()
+        boxes = boxes if _per_image(boxes) else [boxes]
+        mask = self.logits.new_zeros((len(boxes), 1, gh, gw))
+        for i, (y0, x0, y1, x1) in enumerate(boxes):
+            mask[i, :, y0:y1, x0:x1] = 1
         return mask
 
     def detail_canvas(self, t: Tensor) -> Tensor:
@@ -134,15 +147,21 @@ def random_window(size: tuple[int, int], crop: tuple[int, int], divisible: int =
     return y0, x0, y0 + ch, x0 + cw
 
 
-def crop_to_box(t: Tensor, box: Box) -> Tensor:
-    """t (..., H, W) -> t[..., y0:y1, x0:x1] (labels, weights or images)."""
+def crop_to_box(t: Tensor, box: Boxes) -> Tensor:
+    """t (B, ..., H, W) -> t[..., y0:y1, x0:x1] (labels, weights or images); with a list of B
+    boxes, image i is cut at box i (the boxes have one size)."""
+    if _per_image(box):
+        return torch.stack([crop_to_box(t[i], b) for i, b in enumerate(box)])
     y0, x0, y1, x1 = box
     return t[..., y0:y1, x0:x1]
 
 
-def place_in_canvas(t: Tensor, grid_box: Box, size: Sequence[int]) -> Tensor:
+def place_in_canvas(t: Tensor, grid_box: Boxes, size: Sequence[int]) -> Tensor:
     """Place t (B, K, hd, wd) into a zero canvas (B, K, *size) at ``grid_box`` = (y0, x0, y1, x1)
-    in canvas cells (t is cut where it would stick out of the canvas). Differentiable in t."""
+    in canvas cells (t is cut where it would stick out of the canvas); with a list of B boxes,
+    image i at box i. Differentiable in t."""
+    if _per_image(grid_box):
+        return torch.cat([place_in_canvas(t[i : i + 1], b, size) for i, b in enumerate(grid_box)])
     gh, gw = int(size[0]), int(size[1])
     y0, x0, y1, x1 = grid_box
     y1, x1 = min(y1, gh, y0 + t.shape[-2]), min(x1, gw, x0 + t.shape[-1])
@@ -171,7 +190,7 @@ def fuse_scales(context_logits: Tensor, detail_canvas: Tensor, attention: Tensor
 
 @torch.no_grad()
 def max_entropy_window(context_logits: Tensor, image_size: tuple[int, int], window: tuple[int, int],
-                       stride: tuple[int, int], divisible: int = 8) -> Box:
+                       stride: tuple[int, int], divisible: int = 8, per_image: bool = False) -> Boxes:
     """The window of the batch with the highest mean prediction entropy (CLUDA's choice of the mixed
     batch's detail window after iteration 12 000).
 
@@ -183,23 +202,32 @@ def max_entropy_window(context_logits: Tensor, image_size: tuple[int, int], wind
         divisible: candidate corners are multiples of this (8).
 
     The per-pixel entropy -sum_c p_c log p_c of softmax(logits) is bilinearly resized to H x W;
-    the score of a window is its mean over the window and the batch. Ties go to the first
-    candidate in row-major order. Returns (y0, x0, y1, x1). One host sync (the argmax).
+    the score of a window is its mean over the window and the batch, or, with ``per_image`` (the
+    release), over the window in each image, giving each image its own window. Ties go to the
+    first candidate in row-major order. Returns (y0, x0, y1, x1), or a list of B of them with
+    ``per_image``. One host sync (the argmaxes).
     """
     logp = F.log_softmax(context_logits.float(), dim=1)
     ent = -(logp.exp() * logp).sum(dim=1, keepdim=True)
-    ent = F.interpolate(ent, size=tuple(image_size), mode="bilinear", align_corners=False).mean(dim=0)[0]
+    ent = F.interpolate(ent, size=tuple(image_size), mode="bilinear", align_corners=False)[:, 0]
+    if not per_image:
+        ent = ent.mean(dim=0, keepdim=True)
     (height, width), (wh, ww) = image_size, window
     wh, ww = min(wh, height), min(ww, width)
-    # integral image: every window mean in one gather
-    integral = F.pad(ent.double().cumsum(0).cumsum(1), (1, 0, 1, 0))
+    # integral images (one per image, or one for the batch): every window sum in one gather
+    integral = F.pad(ent.double().cumsum(1).cumsum(2), (1, 0, 1, 0))
     ys = host_tensor(window_starts(height, wh, stride[0], divisible), ent.device)
     xs = host_tensor(window_starts(width, ww, stride[1], divisible), ent.device)
     y0, x0 = ys[:, None], xs[None, :]
-    sums = integral[y0 + wh, x0 + ww] - integral[y0, x0 + ww] - integral[y0 + wh, x0] + integral[y0, x0]
-    best = sums.flatten().argmax()
-    by, bx = torch.stack([ys[best // xs.numel()], xs[best % xs.numel()]]).tolist()  # the one sync
-    return by, bx, by + wh, bx + ww
+    sums = (integral[:, y0 + wh, x0 + ww] - integral[:, y0, x0 + ww] - integral[:, y0 + wh, x0]
+            + integral[:, y0, x0])
+    best = sums.flatten(1).argmax(dim=1)
+    host = torch.stack([ys[best // xs.numel()], xs[best % xs.numel()]], dim=1).flatten().cpu()  # the one sync
+    flat = []
+    for v in host:  # int() of host values: visible to the CPU sync audit (tolist() is not)
+        flat.append(int(v))
+    boxes = [(by, bx, by + wh, bx + ww) for by, bx in zip(flat[0::2], flat[1::2])]
+    return boxes if per_image else boxes[0]
 
 
 # --------------------------------------------------------------------------------------- module
@@ -219,6 +247,8 @@ class HRDASegmentor(nn.Module):
         feat_weighter: add CLUDA's one-channel weight head.
         embed_dim, fused_dim, dropout: of the attention and weight heads (DAFormer-style per-level
             embeddings to ``embed_dim``, 1x1 conv-BN-ReLU fusion to ``fused_dim``).
+        entropy_per_image: the max-entropy window is chosen per image (the release) or one for
+            the batch.
         attention_dim: if given, both widths of those two heads (the release's
             ``attention_embed_dim`` = 256, whatever the decoder's width); None = the two above.
         inference_batch: detail windows forwarded together in inference (0 = all at once).
@@ -231,7 +261,7 @@ class HRDASegmentor(nn.Module):
                  detail_loss_weight: float = 0.1, inference_stride: tuple[int, int] = (256, 256),
                  feat_weighter: bool = False, embed_dim: int = 256, fused_dim: int = 256,
                  attention_dim: int | None = None, dropout: float = 0.1,
-                 inference_batch: int = 0) -> None:
+                 inference_batch: int = 0, entropy_per_image: bool = True) -> None:
         super().__init__()
         stride = int(segmentor.output_stride)
         if detail_divisible % stride:
@@ -249,6 +279,7 @@ class HRDASegmentor(nn.Module):
         self.detail_loss_weight = float(detail_loss_weight)
         self.inference_stride = (int(inference_stride[0]), int(inference_stride[1]))
         self.inference_batch = int(inference_batch)
+        self.entropy_per_image = bool(entropy_per_image)
         self.output_stride = stride
         channels = tuple(segmentor.encoder.out_channels)
         # the release builds both heads at attention_embed_dim (256) whatever the decoder's width
@@ -269,7 +300,8 @@ class HRDASegmentor(nn.Module):
                   detail_loss_weight=h.detail_loss_weight,
                   inference_stride=tuple(h.inference_stride), feat_weighter=h.feat_weighter,
                   embed_dim=model_cfg.embed_dim, fused_dim=model_cfg.fused_dim,
-                  attention_dim=h.attention_dim, dropout=model_cfg.dropout)
+                  attention_dim=h.attention_dim, dropout=model_cfg.dropout,
+                  entropy_per_image=h.entropy_window_per_image)
         if getattr(model_cfg, "decoder_init", "torch") == "mmcv":  # the release's ConvModule init
             init_conv_modules(net.scale_attention)
             if net.feat_weighter is not None:
@@ -303,7 +335,7 @@ class HRDASegmentor(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, *, return_stages: bool = False, inference: bool | None = None,
-                box: Box | None = None, window: str = "random",
+                box: Boxes | None = None, window: str = "random",
                 generator: torch.Generator | None = None) -> HRDAOutput:
         """x (B, 3, H, W) normalised images -> :class:`HRDAOutput`.
 
@@ -322,7 +354,8 @@ class HRDASegmentor(nn.Module):
                 box = random_window(size, self.detail_crop, self.detail_divisible, generator)
             elif window == "entropy":
                 box = max_entropy_window(ctx.logits.detach(), size, self.detail_crop,
-                                         self.inference_stride, self.detail_divisible)
+                                         self.inference_stride, self.detail_divisible,
+                                         per_image=self.entropy_per_image)
             else:
                 raise ValueError(f"hrda.py: window={window!r}, expected 'random' or 'entropy'")
         det = self.segmentor(crop_to_box(x, box))
@@ -332,7 +365,8 @@ class HRDASegmentor(nn.Module):
                          stride=self.output_stride)
         grid = self._grid(x)
         canvas = place_in_canvas(det.logits, out.grid_box(), grid)
-        valid = place_in_canvas(det.logits.new_ones((1, 1) + det.logits.shape[-2:]), out.grid_box(), grid)
+        ones = det.logits.new_ones(((x.shape[0] if _per_image(box) else 1), 1) + det.logits.shape[-2:])
+        valid = place_in_canvas(ones, out.grid_box(), grid)
         out.logits, out.attention = fuse_scales(ctx.logits, canvas, att, valid)
         return out
 
