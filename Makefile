@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # wheel for your CUDA, e.g. TORCH_SPEC="torch torchvision --index-url <pytorch cu12x index>".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 RUN ?= runs/demo
-# the trained runs the notebooks read: source-only, DAFormer and CLUDA at the demo setting, seed 0
+# the trained runs the notebooks read: source-only, DAFormer, CLUDA and HRDA + CLUDA at the demo setting, seed 0
 NOTEBOOK_RUNS ?= runs/notebooks
 PYTEST_ARGS ?=
 # idle OpenMP threads must not spin: it slows small or shared CPUs down many times over
@@ -42,7 +42,7 @@ demo: install
 
 # each run trains once: a finished run (its summary.json) is kept; an interrupted one resumes
 notebook-runs: install
-	@for m in source_only daformer cluda; do \
+	@for m in source_only daformer cluda hrda_cluda; do \
 	  run=$(NOTEBOOK_RUNS)/$$m; \
 	  if [ -f $$run/summary.json ]; then echo "$$run: done"; \
 	  elif [ -f $$run/checkpoints/last.pt ]; then $(BIN)/cluda-kit train --resume $$run || exit 1; \
