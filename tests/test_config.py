@@ -107,3 +107,17 @@ def test_every_numeric_field_has_a_default():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.train.max_iters = 3  # type: ignore[misc]
     assert to_dict(cfg)["train"]["max_iters"] == 40000
+
+
+def test_reference_preset_trains_like_the_release():
+    """gta2cs_hrda_cluda_reference switches on the release's quirks and trains in fp32 as the
+    release does (the other paper presets use bf16 on CUDA: train.amp=auto)."""
+    import torch
+
+    from cluda_kit.runtime import autocast_dtype
+
+    ref = load_config("gta2cs_hrda_cluda_reference")
+    assert ref.train.amp == "none" and autocast_dtype(ref.train.amp, torch.device("cuda")) is None
+    assert load_config("gta2cs_hrda_cluda").train.amp == "auto"
+    assert ref.loss.contrastive.official_compat and ref.loss.ce_mean_over_all
+    assert not ref.uda.mix_per_image and ref.uda.teacher_mode == "train"
