@@ -181,6 +181,8 @@ class OptimConfig:
     weight_decay: float = 0.01
     head_lr_mult: float = 10.0  # decoder/head parameters
     norm_decay: bool = False  # weight decay on norm layers
+    no_decay_rule: str = "release"  # which get none (without norm_decay): release = names containing
+    # "norm" (MiT's LayerNorms; BatchNorms decay, as the release's custom_keys) | norm_layers = all norm layers
     warmup_iters: int = 1500
     warmup_ratio: float = 1e-6
     poly_power: float = 1.0
@@ -434,6 +436,7 @@ _CHOICES = {
     "model.decoder": ("daformer", "deeplabv2", "segformer"),
     "model.decoder_init": ("mmcv", "torch"),
     "train.amp": ("auto", "bf16", "fp16", "none"),
+    "optim.no_decay_rule": ("release", "norm_layers"),
     "train.eval_mode": ("whole", "slide"),
     "data.source.name": ("miniscapes", "gta", "synthia", "cityscapes"),
     "data.target.name": ("miniscapes", "gta", "synthia", "cityscapes"),

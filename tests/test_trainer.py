@@ -195,3 +195,26 @@ def test_training_with_frame_margins(tmp_path):
     trainer = Trainer(cfg, progress=False)
     trainer.fit()
     assert trainer.iter == 2
+
+
+def test_release_no_decay_rule_exempts_only_parameters_named_norm():
+    """The release's optimiser keys exempt parameters whose name contains "norm" (the MiT
+    LayerNorms) from weight decay; the BatchNorms of the heads (and of a ResNet) decay. The paper
+    presets use that rule, miniscapes the kit's earlier one (every norm layer)."""
+    from cluda_kit.models import build_segmentor
+
+    assert load_config("gta2cs_daformer_cluda").optim.no_decay_rule == "release"
+    assert load_config("miniscapes_cluda").optim.no_decay_rule == "norm_layers"
+    for enc, dec in (("mit_nano", "daformer"), ("resnet18", "deeplabv2")):
+        model = build_segmentor(load_config("miniscapes_tiny", [f"model.encoder={enc}", f"model.decoder={dec}",
+                                                                "model.pretrained="]).model)
+        groups = param_groups(model, lr=1.0, weight_decay=0.01, head_lr_mult=10.0, norm_decay=False,
+                              no_decay_rule="release")
+        decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+        bn = 0
+        for name, p in model.named_parameters():
+            assert decay[id(p)] == (0.0 if "norm" in name else 0.01), name
+            bn += ".bn" in name or name.startswith("encoder.bn")
+        assert bn > 0  # BatchNorm parameters exist and decay
+    with pytest.raises(ValueError, match="optim.no_decay_rule: expected norm_layers or release, got 'x'"):
+        param_groups(model, 1.0, 0.01, 10.0, False, "x")

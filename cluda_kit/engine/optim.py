@@ -22,12 +22,21 @@ def lr_at(it: int, base_lr: float, max_iters: int, warmup_iters: int, warmup_rat
 
 
 def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, head_lr_mult: float,
-                 norm_decay: bool) -> list[dict]:
-    """AdamW groups: encoder at ``lr``, everything else (decoder, heads) at ``lr * head_lr_mult``;
-    no weight decay on norm layers and biases of norm layers unless ``norm_decay``."""
+                 norm_decay: bool, no_decay_rule: str = "norm_layers") -> list[dict]:
+    """AdamW groups: encoder at ``lr``, everything else (decoder, heads) at ``lr * head_lr_mult``.
+
+    Unless ``norm_decay``, some parameters get no weight decay, by ``no_decay_rule``:
+    "norm_layers": the parameters of every norm layer (BatchNorm, LayerNorm, GroupNorm);
+    "release": the parameters whose name contains "norm", as the release's ``custom_keys`` match
+    them: the MiT LayerNorms, while the BatchNorms (named ``bn``) of the heads and of a ResNet
+    encoder decay like every other parameter."""
+    if no_decay_rule not in ("norm_layers", "release"):
+        raise ValueError(f"optim.no_decay_rule: expected norm_layers or release, got {no_decay_rule!r}")
     norm_types = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm)
     no_decay = set()
-    if not norm_decay:
+    if not norm_decay and no_decay_rule == "release":
+        no_decay.update(id(p) for name, p in model.named_parameters() if "norm" in name)
+    elif not norm_decay:
         for module in model.modules():
             if isinstance(module, norm_types):
                 no_decay.update(id(p) for p in module.parameters(recurse=False))

@@ -161,7 +161,7 @@ class Trainer:
             self.student.encoder.compile(dynamic=False)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.student, cfg.optim.lr, cfg.optim.weight_decay,
-                         cfg.optim.head_lr_mult, cfg.optim.norm_decay),
+                         cfg.optim.head_lr_mult, cfg.optim.norm_decay, cfg.optim.no_decay_rule),
             lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
         )
         # DDP: the student's wrapper (train_net: what training forwards run through) and helpers
