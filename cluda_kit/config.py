@@ -134,6 +134,7 @@ class MICConfig:
     mask_ratio: float = 0.7
     block_size: int = 64
     weight: float = 1.0
+    blur_per_image: bool = False  # the release's MIC blurs its masked batch with one sigma
 
 
 @dataclass(frozen=True)

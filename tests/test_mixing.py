@@ -280,3 +280,23 @@ def test_class_mix_rejects_labels_outside_the_table():
         class_mix_masks(torch.tensor([[[0, 300]]]))
     with pytest.raises(ValueError, match="min -1"):
         class_mix_masks(torch.tensor([[[-1, 3]]]))
+
+
+def test_blur_sigma_per_image_or_one_for_the_batch():
+    """blur_per_image=False (MIC, as the release blurs its masked batch in one call) blurs every
+    image with the same sigma, drawn from the same random numbers as the per-image first image, so
+    the generator stream does not depend on the switch."""
+    from cluda_kit.uda.mixing import strong_augment
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(1, 3, 24, 32, generator=g).expand(3, -1, -1, -1).contiguous()  # three equal images
+    kw = dict(color_jitter_p=0.0, blur_p=1.0)
+    per = strong_augment(img, generator=torch.Generator().manual_seed(5), **kw)
+    one = strong_augment(img, generator=torch.Generator().manual_seed(5), blur_per_image=False, **kw)
+    assert not torch.allclose(per[0], per[1])  # different sigmas per image
+    assert torch.allclose(one[0], one[1]) and torch.allclose(one[1], one[2])
+    torch.testing.assert_close(one[0], per[0])  # the batch's sigma is image 0's draw
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    strong_augment(img, generator=g1, **kw)
+    strong_augment(img, generator=g2, blur_per_image=False, **kw)
+    assert torch.equal(g1.get_state(), g2.get_state())

@@ -311,6 +311,7 @@ def strong_augment(
     blur_p: float = 0.5,
     blur_sigma: tuple[float, float] = (0.15, 1.15),
     blur_kernel_frac: float = 0.1,
+    blur_per_image: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """DACS strong augmentation of the mixed images: colour jitter, then Gaussian blur.
@@ -330,6 +331,8 @@ def strong_augment(
 
     Args:
         images: (B, 3, H, W) float RGB in [0, 1] (not normalised).
+        blur_per_image: draw σ per image (DACS: the release augments each mixed image on its own);
+            False: one σ for the batch (the release's MIC augments its masked batch in one call).
         generator: optional random generator. Every call consumes the same amount of random numbers
             whatever the on/off outcomes, so the stream stays aligned for bit-identical resumes.
 
@@ -352,6 +355,8 @@ def strong_augment(
         bcs = lo + factors * (1.0 + s - lo)
         out = color_jitter(out, bcs[:, 0], bcs[:, 1], bcs[:, 2], (2 * hue - 1) * s, order)
     if draws[1].item() < blur_p:
+        if not blur_per_image:  # the same number of draws either way: the stream stays aligned
+            sigma_u = sigma_u[:1].expand(bsz)
         sigma = blur_sigma[0] + sigma_u * (blur_sigma[1] - blur_sigma[0])
         kernel = (blur_kernel_size(h, blur_kernel_frac), blur_kernel_size(w, blur_kernel_frac))
         out = gaussian_blur(out, sigma, kernel)

@@ -25,12 +25,13 @@ class MaskedImageConsistency:
         self.mask_ratio = mic.mask_ratio
         self.block_size = mic.block_size
         self.weight = mic.weight  # λ_MIC
+        self.blur_per_image = mic.blur_per_image  # the release: one blur σ for the batch
 
     def loss(self, ctx: StepContext, seg, xt: Tensor, pl: Tensor, pw: Tensor,
              aug_kwargs: dict) -> tuple[Tensor, Any]:
         """(λ_MIC · weighted CE, the student's output) for float [0, 1] target images (B, 3, H, W),
         pseudo-labels (B, H, W) and their weights (B, H, W)."""
-        xt_aug = strong_augment(xt, **aug_kwargs)
+        xt_aug = strong_augment(xt, **aug_kwargs, blur_per_image=self.blur_per_image)
         keep = block_mask(xt_aug, block_size=self.block_size, ratio=self.mask_ratio,
                           generator=ctx.generator).to(ctx.device)
         out = seg.student(ctx, mask_images(normalize(xt_aug), keep), normalized=True)
