@@ -126,7 +126,8 @@ fig
 # NBVAL_CHECK_OUTPUT
 def chosen(mask, labels):
     """Names of the classes whose pixels the mask pastes, per image."""
-    return [[CLASSES[c] for c in labels[b][mask[b, 0] > 0].unique().tolist()] for b in range(len(labels))]
+    return [[CLASSES[c] if c != IGNORE_INDEX else "ignore" for c in labels[b][mask[b, 0] > 0].unique().tolist()]
+            for b in range(len(labels))]
 
 print("mask", tuple(m.shape), m.dtype, "| pasted pixels per image:", m.sum(dim=(1, 2, 3)).long().tolist())
 for b, names in enumerate(chosen(m, ys)):
@@ -135,18 +136,19 @@ for b, names in enumerate(chosen(m, ys)):
 # %% [markdown]
 # ## Per-image (DACS) vs batch-wide (DAFormer/HRDA) class choice
 #
-# DACS draws the classes **per image**. The DAFormer and HRDA releases — and therefore CLUDA's —
-# draw ⌈n/2⌉ classes once from the **union** over the whole source batch and paste those classes
-# from every image, an acknowledged accident kept for reproducibility (`uda.mix_per_image=false`).
-# With the union, an image may paste few or none of its pixels, and the class choice is correlated
-# across the batch. The kit defaults to per-image.
+# DACS draws the classes **per image**: each image picks half of the classes it contains. The
+# DAFormer and HRDA releases — and therefore CLUDA's — call `torch.unique` on the labels of the
+# **whole source batch** inside their per-image loop: each image draws ⌈n/2⌉ of the n label values
+# present anywhere in the batch (the ignore value 255 counts as one) and pastes its own pixels of
+# them, an acknowledged accident kept for reproducibility (`uda.mix_per_image=false`). An image
+# may then paste few or none of its pixels, or its ignore pixels. The kit defaults to per-image.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 g = torch.Generator().manual_seed(0)
 m_batch = class_mix_masks(ys, per_image=False, generator=g)
-union = sorted(set(ys.unique().tolist()) - {IGNORE_INDEX})
-print(f"union of the batch: n = {len(union)} -> {(len(union) + 1) // 2} classes drawn once for all images")
+union = ys.unique().tolist()  # the release's torch.unique: 255 (ignore) included when present
+print(f"label values in the batch: n = {len(union)} -> each image draws {(len(union) + 1) // 2} of them")
 for b, names in enumerate(chosen(m_batch, ys)):
     print(f"image {b}: pastes {names} ({int(m_batch[b].sum())} px)")
 
@@ -157,8 +159,8 @@ class_legend(fig, present_classes(y_batch))
 fig
 
 # %% [markdown]
-# Compare the masks with the per-image ones above: the classes are drawn once for the batch, and
-# each image pastes only those of them it contains.
+# Compare the masks with the per-image ones above: each image drew its classes from the batch's
+# union, so it pastes only those of them it happens to contain — fewer classes, and fewer pixels.
 
 # %% [markdown]
 # ## Strong augmentation of the mixed image
