@@ -27,8 +27,9 @@ __all__ = ["PROFILES", "NOTEBOOK_RUNS", "RUNS_ENV", "STAND_IN_ITERS", "Setup", "
            "read_metrics", "repo_root", "stand_in_config", "train_stand_in"]
 
 PROFILES = ("tiny", "demo", "full")
-NOTEBOOK_RUNS = ("source_only", "daformer", "cluda")
-"""The runs ``make notebook-runs`` trains once (demo setting, seed 0) under ``runs/notebooks/``."""
+NOTEBOOK_RUNS = ("source_only", "daformer", "cluda", "hrda_cluda")
+"""The runs ``make notebook-runs`` trains once (demo setting, seed 0) under ``runs/notebooks/``;
+each is ``miniscapes_<name>``."""
 RUNS_ENV = "CLUDA_NOTEBOOK_RUNS"
 """Environment variable naming another folder holding those runs (default ``<repo>/runs/notebooks``)."""
 STAND_IN_ITERS = {"tiny": 40, "demo": 200, "full": 200}
@@ -80,7 +81,7 @@ def stand_in_config(name: str, profile: str, iters: int):
     once at the end, no figures."""
     from cluda_kit.config import load_config
 
-    if name not in _TINY_SWITCHES:
+    if name not in _TINY_SWITCHES:  # hrda_cluda has none: notebook 07 shows an untrained model instead
         raise ValueError(f"stand-in {name!r}: expected one of {', '.join(_TINY_SWITCHES)}")
     preset = "miniscapes_tiny" if profile == "tiny" else f"miniscapes_{name}"
     extra = [*_TINY_SWITCHES[name], "optim.warmup_iters=5"] if profile == "tiny" else []

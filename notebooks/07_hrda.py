@@ -71,7 +71,7 @@ from cluda_kit.uda.contrastive import multi_resolution_contrastive_loss, pixel_c
 
 # %%
 PRESET = "gta2cs_hrda_cluda" if PROFILE == "full" else "miniscapes_hrda_cluda"
-RUN = nb.root / "runs" / "notebooks" / ("gta2cs_hrda_cluda" if PROFILE == "full" else "hrda_cluda")
+RUN = nb.runs_dir / ("gta2cs_hrda_cluda" if PROFILE == "full" else "hrda_cluda")
 TRAINED = (RUN / "checkpoints" / "last.pt").is_file()
 cfg = load_config(RUN / "config.yaml" if TRAINED else PRESET, ["model.pretrained="])  # weights: the run or none
 CROP, H = tuple(cfg.data.crop_size), cfg.model.hrda  # (H, W) training crop; the model.hrda section
@@ -83,7 +83,7 @@ if TRAINED:
     checkpoint = torch.load(RUN / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(checkpoint["student"])
 model = model.to(DEVICE).eval()
-state = f"{'TRAINED' if TRAINED else 'UNTRAINED (random init), no run at'} {RUN.relative_to(nb.root)}"
+state = f"{'TRAINED' if TRAINED else 'UNTRAINED (random init), no run at'} {nb.short(RUN)}"
 print(f"preset {cfg.name} | crop {CROP} | frame {FRAME} | device {DEVICE} | model: {state}")
 
 
