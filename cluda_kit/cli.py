@@ -3,6 +3,7 @@
     cluda-kit train CONFIG [--set key=value ...] [--out RUN_DIR] [--overwrite]
     cluda-kit train --resume RUN_DIR [--set train.max_iters=N]
     cluda-kit evaluate RUN_DIR_OR_CHECKPOINT [--split val] [--save-predictions DIR]
+    cluda-kit predict CHECKPOINT INPUT... --out DIR [--teacher] [--batch-size N] [--every K]
     cluda-kit presets
     cluda-kit pretrain [--out FILE] [--iters N] [--classes C] [--seed S] ...
     cluda-kit prepare {gta,synthia,cityscapes} ROOT [--workers N]
@@ -95,6 +96,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from .inference import collect_inputs, load_model, predict_files
+
+    if args.batch_size < 1 or args.every < 1:
+        raise UsageError(f"predict: --batch-size and --every must be >= 1; got {args.batch_size}, {args.every}")
+    inputs = collect_inputs(args.inputs)  # checks every input before the model loads
+    model = load_model(args.checkpoint, teacher=args.teacher, device=args.device or _auto_device())
+    print(f"model: {model.source} ({model.mode} inference"
+          + (f", resized to fit {model.resize}" if model.resize else "") + f", on {model.device})")
+    counts = predict_files(model, inputs, args.out, batch_size=args.batch_size, every=args.every)
+    print(f"wrote {counts['images']} image(s) and {counts['videos']} video(s) ({counts['frames']} frames) "
+          f"to {args.out}: *_color.png, *_overlay.png, *_labelIds.png"
+          + (", *_overlay.mp4 and frame labelIds" if counts["videos"] else ""))
+    return 0
+
+
+def _auto_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _classes():
     from .data.labels import CLASSES
 
@@ -160,6 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write Cityscapes labelId PNGs for the official evaluator")
     e.set_defaults(func=_evaluate)
 
+    pd = sub.add_parser("predict", help="segment images, folders and videos with a trained model")
+    pd.add_argument("checkpoint", help="run directory, kit checkpoint (.pt) or exported .safetensors")
+    pd.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="image files, folders (searched recursively) or video files")
+    pd.add_argument("--out", required=True, help="output folder (mirrors the input tree)")
+    pd.add_argument("--teacher", action="store_true", help="use the EMA teacher's weights")
+    pd.add_argument("--batch-size", type=int, default=1, help="images forwarded together")
+    pd.add_argument("--every", type=int, default=1, help="segment every K-th video frame")
+    pd.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    pd.set_defaults(func=_predict)
+
     ps = sub.add_parser("presets", help="list the shipped presets")
     ps.set_defaults(func=_presets)
 
@@ -193,8 +227,9 @@ def _user_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
     from .config import ConfigError
     from .data.datasets import DatasetError
     from .engine.trainer import CheckpointError, NonFiniteLossError
+    from .inference import InputError
 
-    return (ConfigError, UsageError, FileNotFoundError, DatasetError, CheckpointError), (
+    return (ConfigError, UsageError, FileNotFoundError, DatasetError, CheckpointError, InputError), (
         NonFiniteLossError,)
 
 
