@@ -2,7 +2,8 @@
 
     cluda-kit train CONFIG [--set key=value ...] [--out RUN_DIR] [--overwrite]
     cluda-kit train --resume RUN_DIR [--set train.max_iters=N]
-    cluda-kit evaluate RUN_DIR_OR_CHECKPOINT [--split val] [--save-predictions DIR]
+    cluda-kit evaluate MODEL [--config PRESET] [--dataset NAME --root DIR] [--split S] [--teacher]
+                       [--save-predictions DIR]
     cluda-kit predict CHECKPOINT INPUT... --out DIR [--teacher] [--batch-size N] [--every K]
     cluda-kit presets
     cluda-kit pretrain [--out FILE] [--iters N] [--classes C] [--seed S] ...
@@ -55,44 +56,46 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from .engine.evaluate import subset_mious
-    from .engine.trainer import Trainer, print_summary
+    from .engine.trainer import print_summary
+    from .inference import evaluate_model, load_model, save_val_predictions
 
-    trainer = Trainer.resume(args.run, overrides=[f"data.val.split={args.split}"]
-                             if args.split else (), read_only=True)
-    if args.teacher and trainer.teacher is None:
-        raise UsageError(f"{args.run}: this run has no teacher")
-    model = trainer.teacher.model if args.teacher else trainer.student
-    callback = None
+    overrides = list(args.set)
+    for flag, key in ((args.dataset, "name"), (args.root, "root"), (args.split, "split")):
+        if flag is not None:
+            overrides.append(f"data.val.{key}={flag}")
+    if args.dataset not in (None, "miniscapes"):
+        overrides.append("data.val.length=null")  # a miniscapes scene count means nothing there
+    model = load_model(args.run, teacher=args.teacher, config=args.config, overrides=overrides,
+                       device=args.device or _auto_device())
+    cfg = model.cfg
+    val = cfg.data.val
+    where = f"{val.name}" + (f":{val.domain}" if val.name == "miniscapes" else f" {val.root}")
+    print(f"model: {model.source} | val: {where} {val.split} ({model.mode} inference)", flush=True)
+    callback, written = None, []
     if args.save_predictions:
-        from .engine.evaluate import save_cityscapes_predictions
-
-        written: list = []
-
         def callback(batch, pred):
-            written.extend(save_cityscapes_predictions(pred.cpu(), batch["name"],
-                                                       args.save_predictions))
+            written.extend(save_val_predictions(pred.cpu(), batch["name"], args.save_predictions))
 
-    res = trainer.evaluate(model, callback=callback)
+    res = evaluate_model(model, callback=callback)
     summary = {"miou": 100.0 * float(res["miou"]),
-               **{k: 100.0 * v for k, v in subset_mious(res["cm"], trainer.cfg.data.source.name).items()},
-               "iou": {c: 100.0 * float(v) for c, v in zip(_classes(), res["iou"])}}
-    print(print_summary(summary))
-    val = trainer.cfg.data.val
+               **{k: 100.0 * v for k, v in subset_mious(res["cm"], cfg.data.source.name).items()},
+               "iou": {c: 100.0 * float(v) for c, v in zip(model.class_names, res["iou"])}}
+    print(print_summary(summary, model.class_names))
     if val.resize is not None and not val.resize_label:
         # the papers' protocol above (prediction upsampled to the full-resolution labels); also the
         # score against labels resized with the image, which differs, and which earlier kit
         # versions reported
-        import dataclasses
-
-        trainer.cfg = dataclasses.replace(trainer.cfg, data=dataclasses.replace(
-            trainer.cfg.data, val=dataclasses.replace(val, resize_label=True)))
-        small = trainer.evaluate(model)
+        model.cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+            cfg.data, val=dataclasses.replace(val, resize_label=True)))
+        small = evaluate_model(model)
         print(f"mIoU {100.0 * float(res['miou']):.2f} against the full-resolution labels (the papers' "
               f"protocol, above); {100.0 * float(small['miou']):.2f} against labels resized with the "
               f"image to fit {tuple(val.resize)}")
     if args.save_predictions:
-        print(f"wrote {len(written)} Cityscapes labelId predictions to {args.save_predictions}")
+        print(f"wrote {len(written)} prediction files to {args.save_predictions}")
     return 0
 
 
@@ -116,12 +119,6 @@ def _auto_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _classes():
-    from .data.labels import CLASSES
-
-    return CLASSES
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -175,12 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="start afresh in an existing --out")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("evaluate", help="print the per-class IoU table of a run or checkpoint")
-    e.add_argument("run", help="run directory or checkpoint file")
-    e.add_argument("--split", default=None, help="val split to use (default: the run's)")
+    e = sub.add_parser("evaluate", help="print the per-class IoU table of a model on a val set")
+    e.add_argument("run", metavar="MODEL", help="run directory, kit checkpoint (.pt), exported "
+                   ".safetensors, or a released DAFormer/HRDA/MIC/CLUDA checkpoint (with --config)")
+    e.add_argument("--config", default=None,
+                   help="preset or YAML building the network of a released checkpoint")
+    e.add_argument("--dataset", default=None, choices=["miniscapes", "gta", "synthia", "cityscapes"],
+                   help="val dataset (default: the model's data.val)")
+    e.add_argument("--root", default=None, help="prepared root of that dataset")
+    e.add_argument("--split", default=None, help="val split to use (default: the model's)")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the inference protocol, e.g. --set train.eval_mode=slide")
     e.add_argument("--teacher", action="store_true", help="evaluate the EMA teacher")
+    e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     e.add_argument("--save-predictions", metavar="DIR",
-                   help="also write Cityscapes labelId PNGs for the official evaluator")
+                   help="also write predictions (Cityscapes labelId PNGs for Cityscapes data)")
     e.set_defaults(func=_evaluate)
 
     pd = sub.add_parser("predict", help="segment images, folders and videos with a trained model")

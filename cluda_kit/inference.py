@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["InputError", "SegmentationModel", "load_model", "predict", "predict_files", "collect_inputs",
+__all__ = ["InputError", "SegmentationModel", "load_model", "predict", "evaluate_model", "save_val_predictions", "predict_files", "collect_inputs",
            "save_outputs", "overlay", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "ImageLike"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -114,44 +114,87 @@ def _checkpoint_of(path: Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, *, teacher: bool = False,
-               device: str | torch.device = "cpu") -> SegmentationModel:
+def _kit_state(path: Path) -> tuple[dict, Any, Path]:
+    """(trainer checkpoint, its config, the file) for a run directory or a kit checkpoint file.
+
+    A run directory gives its ``config.yaml`` and ``checkpoints/last.pt`` (``prev.pt`` when last.pt
+    is unreadable), checked against each other as a resume checks them; a checkpoint file inside
+    a run's ``checkpoints/`` folder is checked against that run's config; a lone file brings the
+    config it was saved with."""
+    from .config import from_dict, load_config
+    from .engine.checkpoint import check_resumable, first_readable, load_checkpoint
+
+    if path.is_dir():
+        _checkpoint_of(path)  # a clear error for a folder that is no run
+        state, ckpt = first_readable([path / "checkpoints" / "last.pt", path / "checkpoints" / "prev.pt"], path)
+        cfg_path = path / "config.yaml"
+    else:
+        state, ckpt = load_checkpoint(_checkpoint_of(path)), path
+        cfg_path = path.parent.parent / "config.yaml" if path.parent.name == "checkpoints" else None
+    if cfg_path is not None and cfg_path.is_file():
+        cfg = load_config(cfg_path)
+        check_resumable(state, cfg, ckpt, cfg_path)
+    else:
+        cfg = from_dict(state["config"], where=str(ckpt))
+    return state, cfg, ckpt
+
+
+def load_model(path: str | Path, *, teacher: bool = False, device: str | torch.device = "cpu",
+               config: str | Path | None = None, overrides: Sequence[str] = ()) -> SegmentationModel:
     """Load a trained model for inference, in eval mode on ``device``.
 
     Args:
         path: a kit run directory (its ``checkpoints/last.pt``), a kit checkpoint file (``.pt``),
-            or a model exported by ``cluda-kit export`` (``.safetensors``).
-        teacher: take the EMA teacher's weights instead of the student's (kit checkpoints only).
+            a model exported by ``cluda-kit export`` (``.safetensors``), or — with ``config`` — a
+            checkpoint released with the DAFormer / HRDA / MIC / CLUDA code (mmsegmentation keys).
+        teacher: take the EMA teacher's weights instead of the student's (UDA checkpoints).
         device: where the model goes.
+        config: a preset name or YAML file that builds the network for a released checkpoint
+            (e.g. ``gta2cs_hrda_cluda``); for a kit file it replaces the config the file carries.
+        overrides: ``key=value`` changes to that config, e.g. ``data.val.resize=[512,1024]`` or
+            ``train.eval_mode=slide`` (the inference protocol; the network must stay the same).
 
     Returns:
-        A :class:`SegmentationModel` carrying the checkpoint's config (its ``model`` section builds
-        the network; no pretrained file is read: the checkpoint holds every weight).
+        A :class:`SegmentationModel` with its config in ``.cfg`` (the network is built from its
+        ``model`` section; no pretrained file is read: the checkpoint holds every weight).
     """
-    from .config import from_dict, replace
-    from .engine.checkpoint import load_checkpoint
+    from .config import load_config, replace
     from .models import build_segmentor
     from .models.hrda import HRDASegmentor
+    from .models.weights import load_pretrained
 
     path = Path(path)
-    if path.suffix == ".safetensors":
+    overrides = [*overrides, "model.pretrained="]
+    which = "teacher" if teacher else "student"
+    if path.suffix == ".safetensors" and config is None:
         if teacher:
             raise InputError(f"{path}: an exported model holds one set of weights; drop --teacher")
         from .export import load_exported
 
         net, cfg = load_exported(path)
-        return SegmentationModel.from_config(net, cfg, source=str(path)).to(device).eval()
-    ckpt = _checkpoint_of(path)
-    state = load_checkpoint(ckpt)
-    cfg = replace(from_dict(state["config"], where=str(ckpt)), ["model.pretrained="])
-    which = "teacher" if teacher else "student"
-    weights = state.get(which)
-    if weights is None:
-        raise InputError(f"{ckpt}: no {which} weights in this checkpoint (a source-only run has no teacher)")
+        return SegmentationModel.from_config(net, replace(cfg, overrides), source=str(path)).to(device).eval()
+    if config is None:
+        state, cfg, ckpt = _kit_state(path)
+        weights = state.get(which)
+        if weights is None:
+            raise InputError(f"{ckpt}: no {which} weights in this checkpoint (a source-only run has no teacher)")
+        cfg = replace(cfg, overrides)
+    else:
+        ckpt = _checkpoint_of(path)
+        cfg = load_config(config, overrides)
     net = build_segmentor(cfg.model)
     if cfg.model.hrda.enabled:
         net = HRDASegmentor.from_config(net, cfg.model)
-    net.load_state_dict(weights)
+    if config is None:
+        net.load_state_dict(weights)
+    else:  # any layout the kit maps (kit, mmseg release, export), every tensor used exactly
+        try:
+            load_pretrained(net, ckpt, key=which)
+        except (ValueError, FileNotFoundError):
+            raise
+        except Exception as err:  # an unreadable file: torch.load raises many kinds of error
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise InputError(f"{ckpt}: unreadable as a checkpoint ({type(err).__name__}: {first})") from None
     return SegmentationModel.from_config(net, cfg, source=str(ckpt)).to(device).eval()
 
 
@@ -254,6 +297,37 @@ def predict(model: nn.Module, images: ImageLike | Sequence[ImageLike], *, batch_
 def _device_of(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------- evaluate
+def evaluate_model(model: SegmentationModel, *, progress: bool = True, callback=None) -> dict:
+    """Score ``model`` on the validation set of its config (``model.cfg.data.val``; only that
+    data is read, no training data). Returns ``evaluate``'s dict: miou, iou (C,), pixel_accuracy,
+    cm (C, C), fractions in [0, 1]. ``callback(batch, pred)`` sees each batch's (B, H, W) trainIds."""
+    from .engine.data import val_loader
+    from .engine.evaluate import evaluate
+
+    cfg = model.cfg
+    return evaluate(model, val_loader(cfg), cfg.model.num_classes, mode="whole", device=model.device,
+                    progress=progress, callback=callback)
+
+
+def save_val_predictions(preds: Tensor, names: Sequence[str], out_dir: str | Path) -> list[Path]:
+    """Write validation predictions (B, H, W) trainIds: Cityscapes-named samples as the labelId
+    PNGs the official evaluator reads (``<city>_<seq>_<frame>_pred_labelIds.png``); any other
+    name (miniscapes, a folder dataset) as ``<name>_labelIds.png`` and ``<name>_color.png``
+    under ``out_dir``, the name's folders kept."""
+    from .engine.evaluate import _CS_STEM, save_cityscapes_predictions
+
+    names = [str(n) for n in names]
+    if all(_CS_STEM.match(Path(n).name) for n in names):
+        return save_cityscapes_predictions(preds, names, out_dir)
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    for pred, name in zip(preds, names):
+        rel = Path(*[part for part in Path(name).parts if part not in ("", "/", "..")])
+        written += save_outputs(pred.cpu(), None, out_dir, rel, kinds=("labelIds", "color"))
+    return written
 
 
 # ---------------------------------------------------------------------------------- files

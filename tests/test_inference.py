@@ -251,3 +251,70 @@ def test_readme_use_section_runs_as_written(run, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert re.search(r"^2 iterations, mIoU \d+\.\d$", out, re.M)
     assert any(line.strip() in CLASSES for line in out.splitlines())
+
+
+# ------------------------------------------------------------------------------- evaluate
+def test_evaluate_saves_the_predictions_of_a_miniscapes_run(run, tmp_path, capsys):
+    """`--save-predictions` on a demo-like run (miniscapes names are no Cityscapes names)."""
+    from cluda_kit.engine.data import val_loader
+
+    out = tmp_path / "preds"
+    assert main(["evaluate", str(run), "--save-predictions", str(out)]) == 0
+    model = load_model(run)
+    batch = next(iter(val_loader(model.cfg)))
+    n = len(val_loader(model.cfg).dataset)
+    assert f"wrote {2 * n} prediction files" in capsys.readouterr().out
+    name = Path(batch["name"][0])
+    label_ids = np.asarray(Image.open(out / name.parent / f"{name.name}_labelIds.png"))
+    expected = train_ids_to_cityscapes(predict(model, batch["image"][0]).numpy().astype(np.uint8))
+    assert np.array_equal(label_ids, expected)
+
+
+def test_evaluate_a_released_checkpoint_on_a_cityscapes_tree_needs_only_the_val_data(run, tmp_path, capsys):
+    """A checkpoint in the release's mmseg UDA layout, built by --config, scored on a fake
+    Cityscapes val tree given on the command line, with no training data anywhere: the same
+    numbers as the kit run it was converted from, and official-evaluator prediction files."""
+    import re
+
+    from fake_data import make_cityscapes_tree
+    from test_weights import ours_to_mmseg
+
+    from cluda_kit.data.prepare import prepare
+    from cluda_kit.engine.checkpoint import load_checkpoint
+
+    make_cityscapes_tree(tmp_path / "cs", "val", n=2, h=64, w=128)
+    prepare("cityscapes", tmp_path / "cs", progress=False)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    released = {f"model.{k}": v for k, v in ours_to_mmseg(state["student"]).items()}
+    released.update({f"ema_model.{k}": v for k, v in ours_to_mmseg(state["teacher"]).items()})
+    torch.save({"state_dict": released, "meta": {"iter": 40000}}, tmp_path / "iter_40000.pth")
+    val = ["--dataset", "cityscapes", "--root", str(tmp_path / "cs"), "--split", "val"]
+    nowhere = ["--set", "data.source.name=gta", "--set", f"data.source.root={tmp_path / 'no_gta'}",
+               "--set", "data.target.name=cityscapes", "--set", f"data.target.root={tmp_path / 'no_cs'}"]
+
+    def miou(argv) -> str:
+        assert main(argv) == 0, argv
+        text = capsys.readouterr().out
+        return re.search(r"^mIoU\s+(\S+)", text, re.M).group(1)
+
+    kit = miou(["evaluate", str(run), *val])
+    for teacher in ([], ["--teacher"]):
+        ref = miou(["evaluate", str(run), *val, *teacher])
+        got = miou(["evaluate", str(tmp_path / "iter_40000.pth"), "--config", str(run / "config.yaml"),
+                    *val, *nowhere, *teacher, "--save-predictions", str(tmp_path / f"p{len(teacher)}")])
+        assert got == ref
+    assert kit != "nan"
+    files = sorted(p.name for p in (tmp_path / "p0").iterdir())
+    assert len(files) == 2 and all(re.match(r"^\w+_\d{6}_\d{6}_pred_labelIds\.png$", f) for f in files)
+
+
+def test_evaluate_errors_name_the_problem(run, tmp_path, capsys):
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    for argv, needle in (
+        (["evaluate", str(tmp_path / "junk.pth")], "junk.pth"),
+        (["evaluate", str(tmp_path / "junk.pth"), "--config", "miniscapes_tiny"], "junk.pth"),
+        (["evaluate", str(run), "--dataset", "cityscapes", "--root", str(tmp_path / "none")], "none"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], (argv, err)
