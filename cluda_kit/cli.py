@@ -77,7 +77,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     callback, written = None, []
     if args.save_predictions:
         def callback(batch, pred):
-            written.extend(save_val_predictions(pred.cpu(), batch["name"], args.save_predictions))
+            written.extend(save_val_predictions(pred.cpu(), batch["name"], args.save_predictions, model.table))
 
     res = evaluate_model(model, callback=callback)
     summary = {"miou": 100.0 * float(res["miou"]),

@@ -29,9 +29,10 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class DatasetConfig:
-    name: str = "miniscapes"  # miniscapes | gta | synthia | cityscapes
+    name: str = "miniscapes"  # miniscapes | gta | synthia | cityscapes | folder
     domain: str = "game"  # miniscapes domain: game | sim | real
-    root: str = ""  # prepared dataset root (real datasets)
+    root: str = ""  # prepared dataset root (real datasets); the images folder of a folder dataset
+    labels: str = ""  # folder dataset: its labels folder ("" = unlabelled, every pixel ignore)
     split: str = "train"
     size: tuple[int, int] = (256, 512)  # miniscapes render size (H, W)
     resize: tuple[int, int] | None = None  # keep-ratio resize target (H, W); None = as stored
@@ -68,6 +69,7 @@ class DataConfig:
     # zeroed before cropping (HRDA: 30, 240, 30, 30 of the 2048x1024 frame)
     frame_margins: tuple[int, int, int, int] = (0, 0, 0, 0)
     rcs: RCSConfig = RCSConfig()
+    classes: str = ""  # class table file (YAML/CSV, cluda_kit.data.classes); "" = the 19 Cityscapes classes
 
 
 # -------------------------------------------------------------------------------------- model
@@ -439,9 +441,9 @@ _CHOICES = {
     "train.amp": ("auto", "bf16", "fp16", "none"),
     "optim.no_decay_rule": ("release", "norm_layers"),
     "train.eval_mode": ("whole", "slide"),
-    "data.source.name": ("miniscapes", "gta", "synthia", "cityscapes"),
-    "data.target.name": ("miniscapes", "gta", "synthia", "cityscapes"),
-    "data.val.name": ("miniscapes", "gta", "synthia", "cityscapes"),
+    "data.source.name": ("miniscapes", "gta", "synthia", "cityscapes", "folder"),
+    "data.target.name": ("miniscapes", "gta", "synthia", "cityscapes", "folder"),
+    "data.val.name": ("miniscapes", "gta", "synthia", "cityscapes", "folder"),
 }
 
 
@@ -474,6 +476,11 @@ def validate(cfg: Config) -> None:
         ("model.hrda.inference_stride", min(cfg.model.hrda.inference_stride) >= 1,
          "positive strides"),
     ]
+    if cfg.uda.fd.enabled:
+        checks.append(("uda.fd.thing_classes",
+                       all(0 <= c < cfg.model.num_classes for c in cfg.uda.fd.thing_classes),
+                       f"class ids below model.num_classes={cfg.model.num_classes} (the thing classes "
+                       f"of your class table)"))
     for key, ok, expected in checks:
         if not ok:
             raise ConfigError(f"{key}: expected {expected}, got {_get(cfg, key)!r}")

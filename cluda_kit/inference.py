@@ -63,12 +63,11 @@ class SegmentationModel(nn.Module):
         self.window = tuple(window) if window else None
         self.stride = tuple(stride) if stride else None
         self.resize = tuple(resize) if resize else None
-        self.num_classes = int(cfg.model.num_classes) if cfg is not None else None
-        if class_names is None:
-            from .data.labels import CLASSES
+        from .data.classes import cityscapes_table, class_table_of
 
-            class_names = CLASSES
-        self.class_names = tuple(class_names)
+        self.num_classes = int(cfg.model.num_classes) if cfg is not None else None
+        self.table = class_table_of(cfg) if cfg is not None else cityscapes_table()
+        self.class_names = tuple(class_names) if class_names is not None else self.table.names
         self.source = source  # where it was loaded from, for messages
 
     @classmethod
@@ -312,7 +311,8 @@ def evaluate_model(model: SegmentationModel, *, progress: bool = True, callback=
                     progress=progress, callback=callback)
 
 
-def save_val_predictions(preds: Tensor, names: Sequence[str], out_dir: str | Path) -> list[Path]:
+def save_val_predictions(preds: Tensor, names: Sequence[str], out_dir: str | Path,
+                         table: Any = None) -> list[Path]:
     """Write validation predictions (B, H, W) trainIds: Cityscapes-named samples as the labelId
     PNGs the official evaluator reads (``<city>_<seq>_<frame>_pred_labelIds.png``); any other
     name (miniscapes, a folder dataset) as ``<name>_labelIds.png`` and ``<name>_color.png``
@@ -320,13 +320,13 @@ def save_val_predictions(preds: Tensor, names: Sequence[str], out_dir: str | Pat
     from .engine.evaluate import _CS_STEM, save_cityscapes_predictions
 
     names = [str(n) for n in names]
-    if all(_CS_STEM.match(Path(n).name) for n in names):
+    if (table is None or table.source == "cityscapes") and all(_CS_STEM.match(Path(n).name) for n in names):
         return save_cityscapes_predictions(preds, names, out_dir)
     out_dir = Path(out_dir)
     written: list[Path] = []
     for pred, name in zip(preds, names):
         rel = Path(*[part for part in Path(name).parts if part not in ("", "/", "..")])
-        written += save_outputs(pred.cpu(), None, out_dir, rel, kinds=("labelIds", "color"))
+        written += save_outputs(pred.cpu(), None, out_dir, rel, kinds=("labelIds", "color"), table=table)
     return written
 
 
@@ -375,19 +375,21 @@ def overlay(image: Tensor | np.ndarray, colours: np.ndarray, alpha: float = 0.5)
     return (img.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).round().astype(np.uint8)
 
 
-def save_outputs(pred: Tensor, image: Tensor, out_dir: Path, name: Path,
-                 kinds: Sequence[str] = ("color", "overlay", "labelIds")) -> list[Path]:
+def save_outputs(pred: Tensor, image: Tensor | None, out_dir: Path, name: Path,
+                 kinds: Sequence[str] = ("color", "overlay", "labelIds"), table: Any = None) -> list[Path]:
     """Write ``out_dir/name_{color,overlay,labelIds}.png`` for a (H, W) trainId prediction of a
-    uint8 (3, H, W) image: Cityscapes colours, the colours blended on the image, Cityscapes
-    labelIds (what the official evaluator reads; trainIds 0..18 map to their labelIds)."""
+    uint8 (3, H, W) image: the class table's colours, the colours blended on the image, and the
+    label-file values of the table (Cityscapes' default table: the labelIds the official
+    evaluator reads; trainIds 0..18 map to their labelIds)."""
     from PIL import Image
 
-    from .data.labels import colorize, train_ids_to_cityscapes
+    from .data.classes import cityscapes_table
 
+    table = table if table is not None else cityscapes_table()
     arr = pred.numpy().astype(np.uint8)
-    colours = colorize(arr)
+    colours = table.colorize(arr)
     images = {"color": colours, "overlay": lambda: overlay(image, colours),
-              "labelIds": lambda: train_ids_to_cityscapes(arr)}
+              "labelIds": lambda: table.to_values(arr)}
     written = []
     base = out_dir / name
     base.parent.mkdir(parents=True, exist_ok=True)
@@ -437,7 +439,7 @@ def predict_files(model: SegmentationModel, inputs: Inputs, out_dir: str | Path,
         images = [_as_uint8_chw(path) for path, _ in chunk]
         preds = predict(model, images, batch_size=batch_size)
         for (_, name), image, pred in zip(chunk, images, preds):
-            save_outputs(pred, image, out_dir, name)
+            save_outputs(pred, image, out_dir, name, table=model.table)
         counts["images"] += len(chunk)
         bar.update(len(chunk))
     bar.close()
@@ -452,8 +454,6 @@ def _predict_video(model: SegmentationModel, path: Path, out_dir: Path, name: Pa
                    batch_size: int, progress: bool) -> int:
     import av
     from tqdm.auto import tqdm
-
-    from .data.labels import colorize
 
     src = _open_video(path)
     if not src.streams.video:
@@ -476,8 +476,9 @@ def _predict_video(model: SegmentationModel, path: Path, out_dir: Path, name: Pa
             nonlocal enc, n
             preds = predict(model, [im for _, im in pending], batch_size=batch_size)
             for (i, image), pred in zip(pending, preds):
-                save_outputs(pred, image, frames_dir, Path(f"frame_{i:06d}"), kinds=("labelIds",))
-                blended = overlay(image, colorize(pred.numpy().astype(np.uint8)))
+                save_outputs(pred, image, frames_dir, Path(f"frame_{i:06d}"), kinds=("labelIds",),
+                             table=model.table)
+                blended = overlay(image, model.table.colorize(pred.numpy().astype(np.uint8)))
                 if enc is None:
                     enc = dst.add_stream("libx264", rate=rate / every if every > 1 else rate)
                     enc.height, enc.width = blended.shape[0] // 2 * 2, blended.shape[1] // 2 * 2

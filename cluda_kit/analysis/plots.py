@@ -352,16 +352,18 @@ def pca_rgb(features: Any) -> np.ndarray:
     return out.reshape(h, w, 3)
 
 
-def present_classes(*labels: Any, ignore_index: int = IGNORE_INDEX, keep_ignore: bool = True) -> list[int]:
+def present_classes(*labels: Any, ignore_index: int = IGNORE_INDEX, keep_ignore: bool = True,
+                    num_classes: int = NUM_CLASSES) -> list[int]:
     """The sorted trainIds that occur in any of the label maps (tensors or arrays of any shape).
 
-    Values outside 0..C-1 other than ``ignore_index`` are dropped; ``ignore_index`` is kept (last)
-    when it occurs and ``keep_ignore`` is set, so that a legend can name the black pixels.
+    Values outside 0..C-1 (C = ``num_classes``, e.g. a class table's ``num_classes``) other than
+    ``ignore_index`` are dropped; ``ignore_index`` is kept (last) when it occurs and
+    ``keep_ignore`` is set, so that a legend can name the black pixels.
     """
     found: set[int] = set()
     for lab in labels:
         found.update(int(v) for v in np.unique(_numpy(lab)))
-    classes = sorted(c for c in found if 0 <= c < NUM_CLASSES)
+    classes = sorted(c for c in found if 0 <= c < num_classes)
     return classes + ([ignore_index] if keep_ignore and ignore_index in found else [])
 
 
@@ -383,6 +385,7 @@ def class_legend(
     ncol: int | None = None,
     fontsize: float = 8,
     title: str | None = None,
+    table: Any = None,
     **legend_kwargs: Any,
 ) -> list[matplotlib.patches.Patch]:
     """A legend of class names in their palette colours.
@@ -394,21 +397,25 @@ def class_legend(
             shown); 255 (ignore) is named "ignore (255)" in black.
         ncol: legend columns (default: as many as fit the figure width, for a figure; 1 for axes).
         fontsize, title: of the legend.
+        table: a :class:`~cluda_kit.data.classes.ClassTable` naming and colouring the classes
+            (default: the 19 Cityscapes classes).
         **legend_kwargs: passed to ``legend`` (e.g. ``loc``, ``bbox_to_anchor`` for an Axes).
 
     Returns:
         The legend handles (one ``Patch`` per class, its label the class name).
     """
+    names, palette = (CLASSES, PALETTE) if table is None else (table.names, table.palette)
+    ignore = IGNORE_INDEX if table is None else table.ignore_index
     handles = []
     for c in classes:
         c = int(c)
-        if c == IGNORE_INDEX:
-            handles.append(matplotlib.patches.Patch(facecolor="black", edgecolor="0.3", label="ignore (255)"))
-        elif 0 <= c < NUM_CLASSES:
-            handles.append(matplotlib.patches.Patch(facecolor=PALETTE[c] / 255.0, edgecolor="0.3",
-                                                    linewidth=0.5, label=CLASSES[c]))
+        if c == ignore:
+            handles.append(matplotlib.patches.Patch(facecolor="black", edgecolor="0.3", label=f"ignore ({ignore})"))
+        elif 0 <= c < len(names):
+            handles.append(matplotlib.patches.Patch(facecolor=palette[c] / 255.0, edgecolor="0.3",
+                                                    linewidth=0.5, label=names[c]))
         else:
-            raise ValueError(f"class_legend: class {c} is not a trainId 0..{NUM_CLASSES - 1} or {IGNORE_INDEX}")
+            raise ValueError(f"class_legend: class {c} is not a trainId 0..{len(names) - 1} or {ignore}")
     if not handles:
         return handles
     options = {"fontsize": fontsize, "title": title, "title_fontsize": fontsize, **legend_kwargs}

@@ -12,6 +12,11 @@ has converted in place (it adds ``*_labelTrainIds.png`` next to the raw labels a
   ``ROOT/gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_labelTrainIds.png``
   (raw ``_gtFine_labelIds.png`` / ``_gtFine_polygons.json``). Class statistics exist for ``train``.
 
+A ``folder`` dataset (:class:`ImageFolder`) is any images directory, with an optional labels
+directory whose files match the images by relative path and stem (``a/b.jpg`` <-> ``a/b.png``)
+and hold the values of a class table (``cluda_kit.data.classes``); without labels every label is
+ignore (an unlabelled target domain).
+
 Each item is the common sample dict ``{"image": uint8 (3, H, W) RGB, "label": int64 (H, W) trainIds
 (255 = ignore), "name": str}``; an optional ``transform(image, label) -> (image, label)`` is applied.
 ``class_stats()`` returns, per sample in index order, ``{trainId: pixel count}`` of the full-resolution
@@ -41,6 +46,7 @@ __all__ = [
     "GTA5",
     "Synthia",
     "Cityscapes",
+    "ImageFolder",
     "build_dataset",
     "read_image",
     "read_label",
@@ -123,15 +129,18 @@ class SegmentationFolder(Dataset):
         if label_path is None:
             label = torch.full(image.shape[1:], 255, dtype=torch.int64)
         else:
-            label = torch.from_numpy(read_label(label_path)).to(torch.int64)
+            label = torch.from_numpy(self._train_ids(label_path)).to(torch.int64)
             if label.shape != image.shape[1:]:
-                raise DatasetError(
-                    f"label {label_path} is {tuple(label.shape)} (H, W) but image {image_path} is "
-                    f"{tuple(image.shape[1:])}: re-run {self.prepare_script} {self.root}"
-                )
+                fix = f": re-run {self.prepare_script} {self.root}" if self.prepare_script else ""
+                raise DatasetError(f"label {label_path} is {tuple(label.shape)} (H, W) but image "
+                                   f"{image_path} is {tuple(image.shape[1:])}{fix}")
         if self.transform is not None:
             image, label = self.transform(image, label)
         return {"image": image, "label": label, "name": name}
+
+    def _train_ids(self, path: Path) -> np.ndarray:
+        """The (H, W) uint8 training ids of a label file (prepared trainIds: as stored)."""
+        return read_label(path)
 
     def class_stats(self) -> list[dict[int, int]]:
         """Per-sample ``{trainId: pixel count}`` (index order) from ``ROOT/sample_class_stats.json``.
@@ -293,6 +302,101 @@ class Cityscapes(SegmentationFolder):
         return super().class_stats()
 
 
+FOLDER_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+class ImageFolder(SegmentationFolder):
+    """Any folder of images (recursive; png, jpg, jpeg, webp, bmp, tif), with an optional folder of
+    single-channel label images matched by relative path and stem (``city/0001.jpg`` <->
+    ``city/0001.png``), whose values ``table`` (a :class:`~cluda_kit.data.classes.ClassTable`,
+    default Cityscapes' with labelIds) maps to training ids.
+
+    Without ``labels`` every label is 255 (ignore): valid as an unlabelled target domain.
+    Errors name the file: an image without a label, a label of another size, a label value the
+    table does not know, an unreadable image or label. ``class_stats()`` counts the labels once
+    and caches the counts (keyed by the files' paths, sizes and times) like miniscapes does.
+    """
+
+    def __init__(self, images: str | Path, labels: str | Path | None = None, transform: Transform | None = None,
+                 *, length: int | None = None, table: Any = None) -> None:
+        from cluda_kit.data.classes import cityscapes_table
+
+        images = Path(images)
+        if not images.is_dir():
+            raise FileNotFoundError(f"image folder {images} does not exist")
+        found = sorted(p for p in images.rglob("*") if p.suffix.lower() in FOLDER_SUFFIXES and p.is_file())
+        if not found:
+            raise FileNotFoundError(f"no images ({', '.join(FOLDER_SUFFIXES)}) under {images}")
+        self.table = table if table is not None else cityscapes_table()
+        self.labels = Path(labels) if labels else None
+        pairs: list[tuple[str, Path, Path | None]] = []
+        if self.labels is not None:
+            if not self.labels.is_dir():
+                raise FileNotFoundError(f"label folder {self.labels} does not exist")
+            by_stem: dict[str, Path] = {}
+            for p in sorted(self.labels.rglob("*")):
+                if p.suffix.lower() in FOLDER_SUFFIXES and p.is_file():
+                    key = p.relative_to(self.labels).with_suffix("").as_posix()
+                    if key in by_stem:
+                        raise DatasetError(f"two labels for {key}: {by_stem[key]} and {p}")
+                    by_stem[key] = p
+        for image in found:
+            key = image.relative_to(images).with_suffix("").as_posix()
+            label = None
+            if self.labels is not None:
+                label = by_stem.get(key)
+                if label is None:
+                    raise DatasetError(f"image {image} has no label: expected {self.labels / key}.png "
+                                       f"(labels match images by relative path and stem)")
+            pairs.append((key, image, label))
+        super().__init__(images, pairs, transform, length, prepare_script="")
+
+    def _train_ids(self, path: Path) -> np.ndarray:
+        from cluda_kit.data.classes import ClassTableError
+
+        try:
+            return self.table.to_train_ids(read_label(path), where=f"label {path}")
+        except ClassTableError as err:
+            raise DatasetError(str(err)) from None
+
+    def class_stats(self) -> list[dict[int, int]]:
+        """Per-sample ``{train id: pixel count}`` of the labels (cached; see the class doc)."""
+        import hashlib
+
+        from cluda_kit.data.miniscapes import stats_cache_dir
+        from cluda_kit.fileio import atomic_write_text
+
+        labelled = [lab for _, _, lab in self._all_pairs if lab is not None]
+        if not labelled:
+            raise DatasetError(f"{self.root}: no labels, so no class statistics (a source domain needs labels)")
+        h = hashlib.sha256(self.table.source.encode() + repr(self.table).encode())
+        for lab in labelled:
+            st = lab.stat()
+            h.update(f"{lab.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        cache = stats_cache_dir()
+        path = cache / "folder_stats" / f"{h.hexdigest()[:32]}.json" if cache is not None else None
+        stats = None
+        if path is not None and path.is_file():
+            try:
+                stats = [{int(c): int(n) for c, n in d.items()} for d in json.loads(path.read_text())]
+            except (OSError, ValueError, TypeError, AttributeError):
+                stats = None
+        if stats is None or len(stats) != len(labelled):
+            from tqdm.auto import tqdm
+
+            stats = []
+            for lab in tqdm(labelled, desc=f"class statistics of {self.labels}", unit="label"):
+                counts = np.bincount(self._train_ids(lab).ravel(), minlength=256)[: self.table.num_classes]
+                stats.append({int(c): int(n) for c, n in enumerate(counts) if n > 0})
+            if path is not None:
+                try:
+                    atomic_write_text(path, json.dumps([{str(c): n for c, n in d.items()} for d in stats]))
+                except OSError:
+                    pass  # a read-only cache: recount next time
+        index = {lab: i for i, lab in enumerate(labelled)}
+        return [stats[index[lab]] for _, _, lab in self.pairs if lab is not None]
+
+
 class _Resized(Dataset):
     """``dataset`` with every sample resized to fit ``size`` (keep ratio) before ``transform``;
     with ``resize_label=False`` only the image (the label keeps its full resolution)."""
@@ -361,8 +465,18 @@ def build_dataset(spec: Any, transform: Transform | None = None) -> Dataset:
             kwargs["gap"] = float(_field(spec, "gap"))
         return Miniscapes(domain, split, **kwargs)
     readers = {"gta": GTA5, "synthia": Synthia, "cityscapes": Cityscapes}
+    if name == "folder":
+        if not _field(spec, "root"):
+            raise ValueError("dataset spec 'folder' needs a root: the images folder")
+        def folder(t: Transform | None) -> ImageFolder:
+            return ImageFolder(_field(spec, "root"), _field(spec, "labels") or None, t, length=length,
+                               table=_field(spec, "table"))
+
+        if size is None:
+            return folder(transform)
+        return _Resized(folder(None), size, transform, resize_label=bool(_field(spec, "resize_label", True)))
     if name not in readers:
-        raise ValueError(f"unknown dataset name {name!r}; expected one of {['miniscapes', *readers]}")
+        raise ValueError(f"unknown dataset name {name!r}; expected one of {['miniscapes', 'folder', *readers]}")
     root = _field(spec, "root")
     if not root:
         raise ValueError(f"dataset spec {name!r} needs a root folder")

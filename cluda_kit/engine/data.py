@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from ..config import Config, ConfigError, DatasetConfig
+from ..data.classes import class_table_of
 from ..data.datasets import DatasetError, build_dataset
 from ..data.sampling import Endless, InfiniteSampler, RareClassSampler, SampleKey, TransformedDataset, endless
 from ..data.transforms import PairedTransform
@@ -89,12 +90,15 @@ class FrameMarginMask(Dataset):
         return sample
 
 
-def dataset_from_config(spec: DatasetConfig, where: str, num_classes: int | None = None) -> Dataset:
+def dataset_from_config(spec: DatasetConfig, where: str, num_classes: int | None = None,
+                        table: Any = None) -> Dataset:
     """Build the dataset a config section describes; errors name the section and the problem.
-    With ``num_classes``, labels read from files are checked (:class:`CheckedLabels`)."""
+    With ``num_classes``, labels read from files are checked (:class:`CheckedLabels`). ``table``:
+    the class table a ``folder`` dataset's label values are read with (default Cityscapes')."""
     fields: dict[str, Any] = {"name": spec.name, "split": spec.split, "length": spec.length,
                               "domain": spec.domain, "seed": spec.seed, "root": spec.root,
-                              "gap": spec.gap, "resize_label": spec.resize_label}
+                              "gap": spec.gap, "resize_label": spec.resize_label,
+                              "labels": spec.labels, "table": table}
     fields["size"] = spec.size if spec.name == "miniscapes" else spec.resize
     try:
         ds = build_dataset(fields)
@@ -103,7 +107,7 @@ def dataset_from_config(spec: DatasetConfig, where: str, num_classes: int | None
     if len(ds) == 0:
         raise ConfigError(f"{where}: the dataset {spec.name}:{spec.root or spec.domain} is empty")
     if num_classes is not None and spec.name != "miniscapes":  # miniscapes labels are generated
-        ds = CheckedLabels(ds, num_classes)
+        ds = CheckedLabels(ds, num_classes, getattr(table, "ignore_index", 255))
     return ds
 
 
@@ -116,7 +120,7 @@ def train_stream(cfg: Config, domain: str, rank: int = 0, world_size: int = 1) -
     source (``domain="source"``) or target training set, cropped to ``data.crop_size``."""
     d = cfg.data
     spec = d.source if domain == "source" else d.target
-    ds = dataset_from_config(spec, f"data.{domain}", cfg.model.num_classes)
+    ds = dataset_from_config(spec, f"data.{domain}", cfg.model.num_classes, class_table_of(cfg))
     is_source = domain == "source"
     if not is_source and any(d.frame_margins):
         ds = FrameMarginMask(ds, d.frame_margins)
@@ -151,7 +155,7 @@ def train_stream(cfg: Config, domain: str, rank: int = 0, world_size: int = 1) -
 
 def val_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
     """The target validation loader (whole images, no augmentation), this rank's shard."""
-    ds = dataset_from_config(cfg.data.val, "data.val", cfg.model.num_classes)
+    ds = dataset_from_config(cfg.data.val, "data.val", cfg.model.num_classes, class_table_of(cfg))
     n = len(ds) if cfg.data.val_length is None else min(cfg.data.val_length, len(ds))
     indices = list(range(rank, n, world_size))
     return DataLoader(Subset(ds, indices), batch_size=cfg.data.val_batch_size, shuffle=False,

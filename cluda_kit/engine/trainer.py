@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..config import Config, ConfigError, dump_config, load_config, replace, to_dict
-from ..data import labels as label_table
+from ..data.classes import class_table_of
 from ..models import build_segmentor
 from ..models.hrda import HRDASegmentor
 from ..runtime import (
@@ -136,6 +136,7 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         set_deterministic(cfg.train.deterministic, self.device)
+        self.class_table = class_table_of(cfg)  # names the classes; a table that does not fit fails here
         self.method = method if method is not None else build_method(cfg)
         self.self_training = self.method.self_training
         # the same seed on every rank for the networks (identical initial student, teacher and
@@ -372,7 +373,7 @@ class Trainer:
         record = {"iter": self.iter, "miou": 100.0 * float(res["miou"])}
         # Synthia->Cityscapes: mIoU16 and mIoU13 beside mIoU19 (logged, in summary.json, TensorBoard)
         record.update({k: 100.0 * v for k, v in subset_mious(res["cm"], self.cfg.data.source.name).items()})
-        record["iou"] = dict(zip(label_table.CLASSES, iou))
+        record["iou"] = dict(zip(self.class_table.names, iou))
         self._log(record)
         return record
 
@@ -597,9 +598,10 @@ class Trainer:
         return trainer
 
 
-def print_summary(summary: dict, classes: Iterable[str] = label_table.CLASSES) -> str:
+def print_summary(summary: dict, classes: Iterable[str] | None = None) -> str:
     """The per-class IoU table of a summary (IoU in percent, as metrics and summary.json hold
-    them), as `cluda-kit train/evaluate` print it."""
+    them), as `cluda-kit train/evaluate` print it; ``classes`` default: the summary's, in order."""
+    classes = list(summary["iou"]) if classes is None else list(classes)
     iou = [summary["iou"].get(c) for c in classes]
     iou = [float("nan") if v is None else v / 100.0 for v in iou]
     subsets = {f"mIoU{key[4:]}": ids for named in SUBSET_MIOUS.values() for key, ids in named.items()
