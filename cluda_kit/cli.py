@@ -233,9 +233,11 @@ def _user_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
     from .config import ConfigError
     from .data.datasets import DatasetError
     from .engine.trainer import CheckpointError, NonFiniteLossError
+    from .fileio import UnsafeCheckpointError
     from .inference import InputError
 
-    return (ConfigError, UsageError, FileNotFoundError, DatasetError, CheckpointError, InputError), (
+    return (ConfigError, UsageError, FileNotFoundError, DatasetError, CheckpointError, InputError,
+            UnsafeCheckpointError), (
         NonFiniteLossError,)
 
 

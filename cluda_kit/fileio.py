@@ -1,4 +1,5 @@
-"""Atomic file writes: the one helper every part of the kit writes files through.
+"""Atomic file writes: the one helper every part of the kit writes files through; and
+:func:`safe_torch_load`, the one way it reads torch files.
 
 A crash (or a kill, or a full disk) at any moment leaves either the old complete file or the new
 complete file at ``path``, never a partial one: the data goes to a temporary file next to
@@ -17,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_torch_save"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_torch_save", "safe_torch_load",
+           "UnsafeCheckpointError"]
 
 
 def _temp_path(path: Path) -> Path:
@@ -115,3 +117,51 @@ def atomic_torch_save(obj: Any, path: str | Path, previous: str | Path | None = 
     import torch
 
     return atomic_write(path, lambda fh: torch.save(obj, fh), previous=previous)
+
+
+class UnsafeCheckpointError(ValueError):
+    """A torch file holds Python objects that loading would have to execute; names the file."""
+
+
+def _numpy_array_globals() -> list:
+    """The numpy callables and types that rebuild plain arrays and scalars (no user code): what
+    older kit checkpoints (numpy RNG state) and some released checkpoints hold beside tensors."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    found = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
+    found += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"]
+    return found
+
+
+def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU, numpy arrays and scalars allowed.
+
+    Nothing in the file is executed: a file that holds other Python objects (a pickled class, a
+    function) raises :class:`UnsafeCheckpointError` naming the file and the objects, and what to
+    do instead. FileNotFoundError for a missing file; other read errors propagate.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # a cut or corrupt file: the original error says so
+            names = []
+        if not names:
+            raise
+        objects = ", ".join(names[:5])
+        raise UnsafeCheckpointError(
+            f"{what} {path} holds Python objects that loading would execute ({objects}); the kit "
+            "loads only tensors and plain data (torch.load weights_only=True). If you trust it, "
+            "re-save its weights elsewhere: torch.save(torch.load(f, weights_only=False)"
+            "['state_dict'], 'weights.pt'), or convert it to .safetensors") from None

@@ -53,6 +53,7 @@ from cluda_kit.config import load_config
 from cluda_kit.data.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize
 from cluda_kit.data.miniscapes import Miniscapes
 from cluda_kit.data.transforms import normalize
+from cluda_kit.engine.checkpoint import load_checkpoint
 from cluda_kit.engine.evaluate import confusion_matrix, iou_per_class, predict_slide, predict_whole
 from cluda_kit.models import build_segmentor
 from cluda_kit.models.hrda import HRDASegmentor, crop_to_box, max_entropy_window, random_window, window_starts
@@ -80,7 +81,7 @@ DEVICE = torch.device("cuda" if PROFILE == "full" and torch.cuda.is_available() 
 torch.manual_seed(0)
 model = HRDASegmentor.from_config(build_segmentor(cfg.model), cfg.model)
 if TRAINED:
-    checkpoint = torch.load(RUN / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(RUN / "checkpoints" / "last.pt")  # weights_only: tensors and plain data
     model.load_state_dict(checkpoint["student"])
 model = model.to(DEVICE).eval()
 state = f"{'TRAINED' if TRAINED else 'UNTRAINED (random init), no run at'} {nb.short(RUN)}"

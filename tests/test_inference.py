@@ -318,3 +318,13 @@ def test_evaluate_errors_name_the_problem(run, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], (argv, err)
+
+
+def test_evaluate_refuses_a_checkpoint_that_would_run_code(run, tmp_path, capsys):
+    import argparse
+
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {}, "meta": argparse.Namespace(x=1)}, path)
+    assert main(["evaluate", str(path), "--config", str(run / "config.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "evil.pth holds Python objects" in err[0] and "argparse.Namespace" in err[0]

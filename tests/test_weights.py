@@ -297,16 +297,26 @@ def test_transformers5_in_memory_layout_is_refused_with_a_hint():
         to_kit_layout({"segformer.stages.0.patch_embeddings.proj.weight": torch.zeros(1)})
 
 
-def test_pickled_objects_need_full_unpickling_with_a_warning(tmp_path):
+def test_pickled_objects_are_refused_and_numpy_meta_is_read(tmp_path):
+    """A third-party file is never unpickled with code execution: a pickled object is refused
+    with one clear error naming the file and the object; numpy arrays and scalars (mmcv meta, an
+    older kit checkpoint's RNG state) are plain data and load."""
     import argparse
+
+    import numpy as np
+
+    from cluda_kit.fileio import UnsafeCheckpointError
 
     src = seeded(0)
     path = tmp_path / "with_objects.pt"
-    torch.save({"student": src.state_dict(), "teacher": src.state_dict(),
-                "args": argparse.Namespace(lr=1.0)}, path)
+    torch.save({"student": src.state_dict(), "args": argparse.Namespace(lr=1.0)}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"with_objects.pt holds Python objects .*argparse.Namespace"):
+        load_pretrained(seeded(1), path)
+    path = tmp_path / "numpy_meta.pt"
+    torch.save({"student": src.state_dict(), "meta": {"seed": np.int64(3), "hist": np.arange(4.0),
+                                                      "rng": np.random.get_state()}}, path)
     dst = seeded(1)
-    with pytest.warns(UserWarning, match="with_objects.pt"):
-        load_pretrained(dst, path)
+    load_pretrained(dst, path)
     assert_same_weights(src, dst)
 
 

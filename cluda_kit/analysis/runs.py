@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from cluda_kit.analysis.embedding import cluster_measures
@@ -36,7 +35,9 @@ def load_run_model(run_dir: str | Path, which: str = "student") -> nn.Module:
         raise FileNotFoundError(f"{ckpt}: no checkpoint; train the run first")
     cfg = load_config(run_dir / "config.yaml", overrides=["model.pretrained="])
     model = build_segmentor(cfg.model)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)  # the kit's own file
+    from cluda_kit.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(ckpt)  # tensors and plain data only (weights_only=True)
     if which not in state or state[which] is None:
         raise KeyError(f"{ckpt}: no {which!r} weights; it has {sorted(k for k in state if k in ('student', 'teacher'))}")
     model.load_state_dict(state[which])

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, to_dict
-from ..fileio import atomic_torch_save, atomic_write_text
+from ..fileio import UnsafeCheckpointError, atomic_torch_save, atomic_write_text, safe_torch_load
 
 __all__ = ["CheckpointError", "CHECKPOINT_KEYS", "load_checkpoint", "first_readable",
            "config_differences", "check_resumable", "state_digest", "git_hash", "truncate_metrics",
@@ -36,8 +36,8 @@ def load_checkpoint(path: str | Path) -> dict:
     :class:`CheckpointError` naming it."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
+        state = safe_torch_load(path)  # tensors and plain data only, as any file the kit reads
+    except (FileNotFoundError, UnsafeCheckpointError):
         raise
     except Exception as err:  # torch.load raises RuntimeError, EOFError, UnpicklingError, ...
         first = (str(err).strip().splitlines() or [""])[0]

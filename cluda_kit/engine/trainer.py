@@ -491,7 +491,7 @@ class Trainer:
             "version": __version__,
             "rng": {
                 "python": random.getstate(),
-                "numpy": np.random.get_state(),
+                "numpy": numpy_rng_state(),
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "uda": self.generator.get_state(),
@@ -530,7 +530,7 @@ class Trainer:
                 f"{self.dist.world_size}: every rank continues rank 0's random streams, so the run "
                 "is not bit-identical to an uninterrupted one", RuntimeWarning, stacklevel=2)
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        set_numpy_rng_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -596,6 +596,22 @@ class Trainer:
         trainer = cls(cfg, None if read_only else run_dir, _resuming=True, **kwargs)
         trainer.load_state_dict(state, where=str(ckpt))
         return trainer
+
+
+def numpy_rng_state() -> dict:
+    """numpy's global RNG state as tensors and numbers, so that a checkpoint loads with
+    ``torch.load(weights_only=True)`` (no pickled numpy arrays)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def set_numpy_rng_state(state: Any) -> None:
+    """Restore :func:`numpy_rng_state` (or numpy's own tuple, from checkpoints written before)."""
+    if isinstance(state, dict):
+        state = (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+                 state["cached_gaussian"])
+    np.random.set_state(state)
 
 
 def print_summary(summary: dict, classes: Iterable[str] | None = None) -> str:

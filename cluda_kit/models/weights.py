@@ -70,15 +70,15 @@ list of the unmatched keys.
 
 from __future__ import annotations
 
-import pickle
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from ..fileio import safe_torch_load
 
 __all__ = ["load_pretrained", "read_checkpoint", "to_kit_layout", "LoadReport", "KIT_WEIGHTS",
            "kit_weights_path"]
@@ -141,13 +141,8 @@ def read_checkpoint(path_or_name: str | Path) -> dict:
             raise ImportError(f"reading {path} needs the 'safetensors' package "
                               f"(pip install safetensors)") from e
         return dict(load_file(str(path), device="cpu"))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # mmcv checkpoints can carry arbitrary Python objects in "meta"; the user chose this file.
-        warnings.warn(f"{path}: not loadable with weights_only=True; loading it with full "
-                      f"unpickling (only do this for files you trust)", stacklevel=2)
-        return torch.load(path, map_location="cpu", weights_only=False)
+    # a third-party file is never unpickled with code execution (UnsafeCheckpointError instead)
+    return safe_torch_load(path, what="weights file")
 
 
 def _read_hf_hub(repo: str) -> dict:
