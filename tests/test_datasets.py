@@ -156,3 +156,27 @@ def test_build_dataset_dispatch(gta):
         build_dataset({"name": "cityscapes"})
     with pytest.raises(ValueError, match="needs a domain"):
         build_dataset({"name": "miniscapes"})
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".bmp", ".tif"])
+def test_read_image_gives_pillows_pixels_for_every_format(tmp_path, suffix):
+    """torchvision.io decodes PNG/JPEG/WebP (faster), Pillow the rest: the same RGB pixels,
+    palette and alpha images included."""
+    import numpy as np
+    from PIL import Image
+
+    from cluda_kit.data.datasets import read_image
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)),
+              Image.fromarray(rng.integers(0, 256, (9, 13, 4), dtype=np.uint8)),
+              Image.fromarray(rng.integers(0, 256, (9, 13), dtype=np.uint8)).convert("P")]
+    for i, image in enumerate(images):
+        if suffix == ".jpg" and image.mode != "RGB":  # JPEG holds RGB only
+            image = image.convert("RGB")
+        path = tmp_path / f"{i}{suffix}"
+        image.save(path)
+        with Image.open(path) as im:
+            want = np.asarray(im.convert("RGB"))
+        got = read_image(path)
+        assert got.dtype == torch.uint8 and np.array_equal(got.permute(1, 2, 0).numpy(), want), (suffix, image.mode)
