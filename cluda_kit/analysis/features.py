@@ -32,6 +32,11 @@ class FeatureSet:
         domain_index: (N,) int64 index into ``domain_names``.
         domain_names: names of the domains, e.g. ``("game", "real")``.
         model_name: name of the model the features come from.
+        image_index: (N,) int64 index of the point's image in its domain's dataset (-1: unknown).
+        pixel: (N, 2) int64 (y, x) of the centre of the point's feature cell, in that image's pixels.
+        confidence: (N,) float32 softmax probability of the model's prediction at that pixel.
+        prediction: (N,) int64 the model's predicted trainId at that pixel.
+        The last four are None for sets extracted without provenance (older files).
     """
 
     features: np.ndarray
@@ -39,6 +44,12 @@ class FeatureSet:
     domain_index: np.ndarray
     domain_names: tuple[str, ...]
     model_name: str = ""
+    image_index: np.ndarray | None = None
+    pixel: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    prediction: np.ndarray | None = None
+
+    PROVENANCE = ("image_index", "pixel", "confidence", "prediction")
 
     def __post_init__(self) -> None:
         self.features = np.asarray(self.features, dtype=np.float32)
@@ -46,6 +57,15 @@ class FeatureSet:
         self.domain_index = np.asarray(self.domain_index, dtype=np.int64)
         self.domain_names = tuple(str(d) for d in self.domain_names)
         n = len(self.labels)
+        dtypes = {"image_index": np.int64, "pixel": np.int64, "confidence": np.float32, "prediction": np.int64}
+        given = [getattr(self, k) is not None for k in self.PROVENANCE]
+        if any(given) and not all(given):
+            raise ValueError(f"FeatureSet: give all of {self.PROVENANCE} or none")
+        for k in self.PROVENANCE:
+            v = getattr(self, k)
+            if v is not None:
+                v = np.asarray(v, dtype=dtypes[k]).reshape((n, 2) if k == "pixel" else (n,))
+                setattr(self, k, v)
         if self.features.ndim != 2 or self.features.shape[0] != n or self.domain_index.shape != (n,):
             raise ValueError(
                 f"FeatureSet: expected features (N, D), labels (N,) and domain_index (N,) with the same N; "
@@ -58,6 +78,24 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def has_provenance(self) -> bool:
+        """Whether every point knows its image, pixel, and the model's confidence and prediction."""
+        return self.image_index is not None
+
+    @property
+    def correct(self) -> np.ndarray:
+        """(N,) bool: the model's prediction equals the point's class (needs provenance)."""
+        if self.prediction is None:
+            raise ValueError("FeatureSet.correct: this set has no predictions (extracted without provenance)")
+        return self.prediction == self.labels
+
+    def _take(self, keep: np.ndarray, **changes) -> "FeatureSet":
+        fields = {k: (getattr(self, k)[keep] if getattr(self, k) is not None else None) for k in self.PROVENANCE}
+        fields.update(changes)
+        return FeatureSet(self.features[keep], self.labels[keep], self.domain_index[keep], self.domain_names,
+                          self.model_name, **fields)
 
     @property
     def dim(self) -> int:
@@ -100,12 +138,15 @@ class FeatureSet:
             names += [d for d in s.domain_names if d not in names]
         remapped = [np.asarray([names.index(d) for d in s.domain_names], dtype=np.int64)[s.domain_index]
                     for s in sets]
+        provenance = {k: (np.concatenate([getattr(s, k) for s in sets]) if all(s.has_provenance for s in sets)
+                          else None) for k in FeatureSet.PROVENANCE}
         return FeatureSet(
             features=np.concatenate([s.features for s in sets]),
             labels=np.concatenate([s.labels for s in sets]),
             domain_index=np.concatenate(remapped),
             domain_names=tuple(names),
             model_name=sets[0].model_name,
+            **provenance,
         )
 
     def subset(self, classes: Iterable[int] | None = None,
@@ -121,14 +162,14 @@ class FeatureSet:
                 raise ValueError(f"FeatureSet.subset: unknown domains {unknown}; "
                                  f"this set holds {list(self.domain_names)}")
             keep &= np.isin(self.domain_index, [self.domain_names.index(d) for d in wanted])
-        return FeatureSet(self.features[keep], self.labels[keep], self.domain_index[keep],
-                          self.domain_names, self.model_name)
+        return self._take(keep)
 
     def save(self, path: str | Path) -> None:
         """Write an ``.npz`` file (no pickles)."""
+        extra = {k: getattr(self, k) for k in self.PROVENANCE if getattr(self, k) is not None}
         np.savez_compressed(
             path, features=self.features, labels=self.labels, domain_index=self.domain_index,
-            domain_names=np.asarray(self.domain_names, dtype=str), model_name=np.asarray(self.model_name))
+            domain_names=np.asarray(self.domain_names, dtype=str), model_name=np.asarray(self.model_name), **extra)
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureSet:
@@ -137,8 +178,9 @@ class FeatureSet:
             missing = {"features", "labels", "domain_index", "domain_names", "model_name"} - set(z.files)
             if missing:
                 raise ValueError(f"{path}: not a FeatureSet file, missing arrays {sorted(missing)}")
+            extra = {k: z[k] for k in cls.PROVENANCE if k in z.files}
             return cls(z["features"], z["labels"], z["domain_index"], tuple(z["domain_names"].tolist()),
-                       str(z["model_name"]))
+                       str(z["model_name"]), **extra)
 
 
 def patch_labels(labels: Tensor, size: tuple[int, int], purity: float | None = 0.9,
@@ -214,18 +256,20 @@ class _ClassReservoir:
 
 
 def _batches(data: Dataset | Iterable, num_samples: int | None, batch_size: int,
-             generator: torch.Generator) -> tuple[Iterable, int | None]:
-    """Batches of sample dicts and the number of images they hold (None if unknown)."""
+             generator: torch.Generator) -> tuple[Iterable, int | None, list[int] | None]:
+    """Batches of sample dicts, the number of images they hold (None if unknown), and the dataset
+    index of each image in order (None: the position in the stream)."""
     if isinstance(data, IterableDataset):
-        return DataLoader(data, batch_size=batch_size, num_workers=0), num_samples
+        return DataLoader(data, batch_size=batch_size, num_workers=0), num_samples, None
     if isinstance(data, Dataset):
         n = len(data)
+        indices = list(range(n))
         if num_samples is not None and num_samples < n:
             indices = torch.randperm(n, generator=generator)[:num_samples].sort().values.tolist()
             data = Subset(data, indices)
             n = num_samples
-        return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0), n
-    return data, num_samples
+        return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0), n, indices
+    return data, num_samples, None
 
 
 def extract_features(
@@ -285,7 +329,7 @@ def extract_features(
     if max_per_class is not None and max_per_class < 1:
         raise ValueError(f"extract_features: max_per_class must be >= 1 or None, got {max_per_class}")
     wanted = None if classes is None else torch.as_tensor(sorted(set(classes)), dtype=torch.int64)
-    batches, total = _batches(dataset_or_loader, num_samples, batch_size, generator)
+    batches, total, image_ids = _batches(dataset_or_loader, num_samples, batch_size, generator)
     reservoir = _ClassReservoir(max_per_class, generator)
     was_training = model.training
     model.eval()
@@ -301,16 +345,17 @@ def extract_features(
                 if num_samples is not None:
                     images, labels = images[: num_samples - seen], labels[: num_samples - seen]
                 x = normalize(images.to(device).float() / 255.0)
-                fused = model(x).fused
+                out = model(x)
+                fused = out.fused
                 cell_labels = patch_labels(labels.to(device), tuple(fused.shape[-2:]), purity, ignore_index)
                 flat_labels = cell_labels.reshape(-1).cpu()
                 valid = flat_labels != ignore_index
                 if wanted is not None:
                     valid &= torch.isin(flat_labels, wanted)
                 positions = torch.nonzero(valid).squeeze(1)
-                flat_features = fused.permute(0, 2, 3, 1).reshape(-1, fused.shape[1])
-                reservoir.offer(flat_labels[positions],
-                                lambda idx: flat_features[positions[idx].to(device)].float().cpu())
+                rows = torch.cat([fused.float(), _provenance(out, fused, images.shape[-2:], image_ids, seen)], 1)
+                flat_rows = rows.permute(0, 2, 3, 1).reshape(-1, rows.shape[1])
+                reservoir.offer(flat_labels[positions], lambda idx: flat_rows[positions[idx].to(device)].cpu())
                 seen += images.shape[0]
                 bar.update(images.shape[0])
                 if num_samples is not None and seen >= num_samples:
@@ -323,9 +368,38 @@ def extract_features(
                          f"(num_samples={num_samples})")
     kept = list(reservoir.items())
     dim = fused.shape[1]
-    features = torch.cat([v for _, v in kept]).numpy() if kept else np.zeros((0, dim), np.float32)
+    table = torch.cat([v for _, v in kept]).numpy() if kept else np.zeros((0, dim + 5), np.float32)
     labels_out = np.concatenate([np.full(len(v), c) for c, v in kept]) if kept else np.zeros(0, np.int64)
+    extra = table[:, dim:]
     return FeatureSet(
-        features=features, labels=labels_out, domain_index=np.zeros(len(labels_out), np.int64),
+        features=table[:, :dim], labels=labels_out, domain_index=np.zeros(len(labels_out), np.int64),
         domain_names=(domain,), model_name=model_name if model_name is not None else type(model).__name__,
+        image_index=np.rint(extra[:, 0]), pixel=np.rint(extra[:, 1:3]), confidence=extra[:, 3],
+        prediction=np.rint(extra[:, 4]),
     )
+
+
+def _provenance(out, fused: Tensor, image_size, image_ids: list[int] | None, seen: int) -> Tensor:
+    """(B, 5, h, w) per feature cell: image index, pixel y and x of the cell centre, and the
+    model's confidence and prediction there (from its logits at the nearest logit cell)."""
+    b, _, h, w = fused.shape
+    height, width = int(image_size[0]), int(image_size[1])
+    dev = fused.device
+    ids = torch.tensor([image_ids[seen + i] if image_ids is not None else seen + i for i in range(b)],
+                       dtype=torch.float32, device=dev)
+    ys = ((torch.arange(h, device=dev, dtype=torch.float32) + 0.5) * height / h).floor()
+    xs = ((torch.arange(w, device=dev, dtype=torch.float32) + 0.5) * width / w).floor()
+    logits = getattr(out, "logits", None)
+    if logits is None:
+        conf = torch.full((b, h, w), float("nan"), device=dev)
+        pred = torch.full((b, h, w), -1.0, device=dev)
+    else:
+        lh, lw = logits.shape[-2:]
+        ly = (ys * lh / height).long().clamp(max=lh - 1)
+        lx = (xs * lw / width).long().clamp(max=lw - 1)
+        at = logits.float()[:, :, ly][:, :, :, lx]  # (B, C, h, w): the logits at the cell centres
+        pred = at.argmax(1)  # on the logits (softmax can merge nearly tied classes)
+        conf = at.softmax(1).gather(1, pred[:, None])[:, 0]
+        pred = pred.float()
+    return torch.stack([ids[:, None, None].expand(b, h, w), ys[None, :, None].expand(b, h, w),
+                        xs[None, None, :].expand(b, h, w), conf, pred], 1)
