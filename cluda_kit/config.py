@@ -202,7 +202,7 @@ class TrainConfig:
     log_every: int = 50
     figure_every: int = 0  # debug figures every N iterations (0 = off), by the DebugFigures callback cluda-kit train attaches
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | none
+    amp: str = "auto"  # auto (bf16 on CUDA with bf16, else fp16 + GradScaler; fp32 on the CPU) | bf16 | fp16 | none
     eval_mode: str = "whole"  # whole | slide
     eval_window: tuple[int, int] | None = None
     eval_stride: tuple[int, int] | None = None

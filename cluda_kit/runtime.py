@@ -70,15 +70,105 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.amp``: ``auto`` is bf16 on CUDA and off on the CPU."""
-    if amp == "none" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp in ("auto", "bf16"):
-        return torch.bfloat16
+AMP_CHOICES = ("auto", "bf16", "fp16", "none")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The resolved ``train.amp``: the autocast dtype (None = float32, no autocast) and whether
+    the losses go through a :class:`torch.amp.GradScaler` (float16 only)."""
+
+    name: str  # bf16 | fp16 | fp32
+    dtype: torch.dtype | None
+    grad_scaler: bool
+    requested: str
+
+    def __str__(self) -> str:
+        how = {"bf16": "bfloat16 autocast", "fp16": "float16 autocast + GradScaler",
+               "fp32": "float32 (no autocast)"}[self.name]
+        return f"{how} (train.amp={self.requested})"
+
+
+def resolve_precision(amp: str, device_type: str, bf16_supported: bool | None = None) -> Precision:
+    """``train.amp`` for a device, a pure function of its arguments.
+
+    "auto": bf16 on a CUDA device that supports it, fp16 with a GradScaler on one that does not,
+    float32 elsewhere (CPU, MPS). "bf16", "fp16" (always with a GradScaler) and "none" (float32)
+    are taken as given, on any device. ``bf16_supported`` is only read for "auto" on CUDA.
+    """
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"train.amp: expected one of {', '.join(AMP_CHOICES)}, got {amp!r}")
+    if amp == "auto":
+        if device_type != "cuda":
+            amp = "none"
+        else:
+            amp = "bf16" if bf16_supported else "fp16"
+        requested = "auto"
+    else:
+        requested = amp
+    if amp == "bf16":
+        return Precision("bf16", torch.bfloat16, False, requested)
     if amp == "fp16":
-        return torch.float16
-    raise ValueError(f"train.amp: expected auto, bf16, fp16 or none, got {amp!r}")
+        return Precision("fp16", torch.float16, True, requested)
+    return Precision("fp32", None, False, requested)
+
+
+def device_precision(amp: str, device: torch.device) -> Precision:
+    """:func:`resolve_precision` for ``device``, asking CUDA for bf16 support only when it matters."""
+    device = torch.device(device)
+    supported = None
+    if amp == "auto" and device.type == "cuda":
+        with torch.cuda.device(device):
+            supported = torch.cuda.is_bf16_supported()
+    return resolve_precision(amp, device.type, supported)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device`` (None: float32); see :func:`device_precision`."""
+    return device_precision(amp, device).dtype
+
+
+class LossScaler:
+    """A :class:`torch.amp.GradScaler` that counts the steps it skipped (inf/NaN gradients) on
+    the device: the scale after ``update`` is below the one before exactly when the step was
+    skipped, so counting costs no host-device synchronisation; :attr:`skipped` reads it (one)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.scaler = torch.amp.GradScaler(torch.device(device).type)
+        self._skipped = torch.zeros((), dtype=torch.long, device=device)
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return self.scaler.scale(loss)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step()`` unless a gradient is inf/NaN, then the scale's update."""
+        self.scaler.step(optimizer)
+        before = self.scaler._scale.clone()  # set by scale(): a device tensor, no sync
+        self.scaler.update()
+        self._skipped += (self.scaler._scale < before).long().reshape(())
+
+    @property
+    def skipped_tensor(self) -> torch.Tensor:
+        """Steps skipped so far, a 0-dim device tensor (no synchronisation)."""
+        return self._skipped
+
+    @property
+    def scale_tensor(self) -> torch.Tensor:
+        """The current loss scale, a 0-dim device tensor (no synchronisation)."""
+        return self.scaler._scale.reshape(())
+
+    @property
+    def skipped(self) -> int:
+        return int(self._skipped)
+
+    def state_dict(self) -> dict:
+        """Numbers only (loads with ``torch.load(weights_only=True)``)."""
+        return {**self.scaler.state_dict(), "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        self._skipped.fill_(int(state.pop("skipped", 0)))
+        self.scaler.load_state_dict(state)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -12,12 +12,15 @@ __all__ = ["DebugFigures"]
 class DebugFigures:
     """Every ``every`` iterations (default: the run's ``train.figure_every``; 0 = never), one
     figure of the step's pipeline on a fresh batch (source, target, pseudo-label, mix,
-    prediction: :meth:`Trainer.debug_batch`) written to ``RUN_DIR/figures/iter_XXXXXX.png``.
+    prediction: :meth:`Trainer.debug_batch`) written to ``RUN_DIR/figures/iter_XXXXXX.png`` and,
+    when the trainer has a TensorBoard writer, added to it as an image (tag ``debug/figure``).
 
     Args:
         every: the interval in iterations, or None for ``train.figure_every``.
         dpi: of the PNG files.
     """
+
+    TAG = "debug/figure"
 
     def __init__(self, every: int | None = None, dpi: int = 80) -> None:
         self.every = every
@@ -45,4 +48,17 @@ class DebugFigures:
         path = trainer.out_dir / "figures" / f"iter_{trainer.iter:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=self.dpi)
+        writer = getattr(trainer, "tensorboard", None)
+        if writer is not None:  # the same figure as an image in TensorBoard
+            writer.add_image(self.TAG, self.render(fig), trainer.iter, dataformats="HWC")
         return path
+
+    def render(self, fig: Any) -> Any:
+        """The figure as an (H, W, 3) uint8 array at this callback's dpi (Agg, no pyplot)."""
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(fig)
+        fig.set_dpi(self.dpi)
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -6,12 +6,16 @@ iteration:
 
     learning rate (warm-up + poly) -> EMA teacher update (step 0 copies the student) -> the
     source batch -> for each loss group the method yields: finiteness check, backward (DDP
-    synchronises the last one) -> AdamW step -> BatchNorm statistics averaged over DDP ranks
+    synchronises the last one; fp16 scales every pass by one GradScaler) -> AdamW step (fp16:
+    through the GradScaler, which skips and counts a step with inf/NaN gradients) -> BatchNorm
+    statistics averaged over DDP ranks
 
 and around the loop: evaluation and checkpoints on schedule, logging (metrics.jsonl,
-TensorBoard, callbacks), resume. Checkpoint files: :mod:`cluda_kit.engine.checkpoint`; DDP:
-:mod:`cluda_kit.engine.distributed`; the non-finite loss guard: :mod:`cluda_kit.engine.guard`;
-the learning-rate schedule and parameter groups: :mod:`cluda_kit.engine.optim`; debug figures are a callback
+TensorBoard, callbacks), resume. Precision: ``train.amp`` resolved for the device by
+:func:`cluda_kit.runtime.resolve_precision` (``Trainer.precision``, also in meta.json and
+summary.json). TensorBoard tags: :meth:`Trainer._tensorboard_record`. Checkpoint files:
+:mod:`cluda_kit.engine.checkpoint`; DDP: :mod:`cluda_kit.engine.distributed`; the non-finite
+loss guard: :mod:`cluda_kit.engine.guard`; the learning-rate schedule and parameter groups: :mod:`cluda_kit.engine.optim`; debug figures are a callback
 (:class:`cluda_kit.analysis.callbacks.DebugFigures`) the CLI attaches.
 
 Images stay float in [0, 1] through mixing and augmentation and are normalised right before a
@@ -27,7 +31,7 @@ import random
 import time
 import warnings
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -42,9 +46,10 @@ from ..models import build_segmentor
 from ..models.hrda import HRDASegmentor
 from ..runtime import (
     DistInfo,
+    LossScaler,
     all_gather_objects,
     autocast,
-    autocast_dtype,
+    device_precision,
     init_distributed,
     resolve_device,
     seed_everything,
@@ -130,7 +135,12 @@ class Trainer:
         self.cfg = cfg
         self.dist: DistInfo = init_distributed(cfg.train.device)
         self.device = resolve_device(cfg.train.device)
-        self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
+        try:  # train.amp for this device (bf16 / fp16 + GradScaler / fp32: runtime.resolve_precision)
+            self.precision = device_precision(cfg.train.amp, self.device)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        self.amp_dtype = self.precision.dtype
+        self.scaler = LossScaler(self.device) if self.precision.grad_scaler else None
         self.callbacks = list(callbacks)
         self.progress = progress
         if cfg.train.threads:
@@ -186,6 +196,7 @@ class Trainer:
         self.best_miou: float | None = None
         self.history: list[dict] = []
         self._tb = None
+        self._loss_terms: set[str] = set()  # names of the loss terms logged (TensorBoard's loss/)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if self.out_dir is not None and self.dist.is_main:
             self._init_run_dir(overwrite, _resuming)
@@ -212,7 +223,8 @@ class Trainer:
                 (self.out_dir / name).unlink(missing_ok=True)
         atomic_write_text(cfg_path, text)
         meta = {"version": __version__, "git": git_hash(), "preset": self.cfg.name,
-                "method": self.method.name, "device": str(self.device), "torch": torch.__version__}
+                "method": self.method.name, "device": str(self.device), "precision": self.precision.name,
+                "amp": self.precision.requested, "torch": torch.__version__}
         atomic_write_text(self.out_dir / "meta.json", json.dumps(meta, indent=2))
 
     @property
@@ -228,11 +240,43 @@ class Trainer:
         if self.dist.is_main and self.out_dir is not None:
             with open(self.out_dir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
-            tb = self.tensorboard
-            for k, v in record.items():
-                if k != "iter" and isinstance(v, (int, float)):
-                    tb.add_scalar(k, v, record["iter"])
+            self._tensorboard_record(record)
         _call(self.callbacks, "on_log", self, record)
+
+    #: metrics.jsonl name -> TensorBoard tag (loss terms go under loss/, other step values under train/)
+    TB_TAGS = {"loss": "loss/total", "lr": "lr/base", "q": "pseudo_label/q", "miou": "val/mIoU",
+               "miou16": "val/mIoU16", "miou13": "val/mIoU13", "amp_skipped": "amp/skipped_steps",
+               "amp_scale": "amp/loss_scale"}
+
+    def _tensorboard_record(self, record: dict) -> None:
+        """A logged record as TensorBoard scalars: evaluation -> ``val/mIoU`` and
+        ``val_iou/<class>``; training -> ``loss/<term>``, ``lr/<parameter group>``,
+        ``pseudo_label/q``, ``amp/skipped_steps`` (see :attr:`TB_TAGS`)."""
+        tb, step = self.tensorboard, record["iter"]
+        for k, v in record.items():
+            if k == "iou" and isinstance(v, dict):
+                for name, iou in v.items():
+                    if iou is not None:
+                        tb.add_scalar(f"val_iou/{name}", iou, step)
+            elif k != "iter" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                tag = self.TB_TAGS.get(k) or (f"loss/{k}" if k in self._loss_terms else f"train/{k}")
+                tb.add_scalar(tag, v, step)
+        if "loss" in record:  # a training record: the learning rate of each parameter group
+            for name, group in zip(self.lr_group_names, self.optimizer.param_groups):
+                tb.add_scalar(f"lr/{name}", group["lr"], step)
+
+    @cached_property
+    def lr_group_names(self) -> list[str]:
+        """The optimiser's parameter groups (:func:`cluda_kit.engine.optim.param_groups`) by
+        name: encoder / head, + _no_decay for a group exempt from weight decay."""
+        encoder = {id(p) for p in self.student.encoder.parameters()}
+        names: list[str] = []
+        for i, group in enumerate(self.optimizer.param_groups):
+            name = "encoder" if group["params"] and id(group["params"][0]) in encoder else "head"
+            if group["weight_decay"] == 0 and self.cfg.optim.weight_decay != 0:
+                name += "_no_decay"
+            names.append(f"{name}_{i}" if name in names else name)
+        return names
 
     def replica_digests(self) -> dict[str, list[str]]:
         """SHA-256 of the student and teacher state on every rank (``[rank 0, rank 1, ...]``);
@@ -317,16 +361,25 @@ class Trainer:
                 return StepResult(self._finish_step(skipped=True), stats)
             with _phase("step/backward"):
                 touch = self.ddp.touch(*group.outputs) if last else 0.0
-                (sum(group.terms.values()) + touch).backward()
+                loss = sum(group.terms.values()) + touch
+                # fp16: every pass scaled by the one GradScaler, unscaled once in its step
+                (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             terms.update(group.terms)
-            del group
+            del group, loss
             self.ddp.set_grad_sync(k + 1 == passes - 1)
 
         with _phase("step/optimizer"):
-            self.optimizer.step()
+            if self.scaler is None:
+                self.optimizer.step()
+            else:  # skipped (and counted) when a gradient is inf/NaN; the scale adapts
+                self.scaler.step(self.optimizer)
+        self._loss_terms.update(terms)
         values = {k: v.detach() for k, v in terms.items()}
         values["loss"] = sum(values.values())
         values.update({k: v for k, v in stats.items() if isinstance(v, torch.Tensor)})
+        if self.scaler is not None:  # cumulative count and current scale, device tensors
+            values["amp_skipped"] = self.scaler.skipped_tensor.clone()
+            values["amp_scale"] = self.scaler.scale_tensor.clone()
         if self.ddp.enabled:  # log the mean over ranks
             values = dict(zip(values, self.ddp.mean_over_ranks(torch.stack([v.float() for v in values.values()]))))
         values.update({k: float(v) for k, v in stats.items() if not isinstance(v, torch.Tensor)})  # lr, ...
@@ -387,6 +440,8 @@ class Trainer:
 
         bar = tqdm(total=max_iters, initial=self.iter, desc=self.cfg.name, dynamic_ncols=True,
                    disable=not (self.progress and self.dist.is_main))
+        if self.progress and self.dist.is_main and self.iter < max_iters:
+            bar.write(f"precision: {self.precision} on {self.device}")
         t0, it0 = time.perf_counter(), self.iter
         last_eval = None
         while self.iter < max_iters:
@@ -417,7 +472,8 @@ class Trainer:
                    **{k: v for k, v in last_eval.items() if k.startswith("miou") and k != "miou"},
                    "iou": last_eval["iou"],
                    "wall_time_s": wall, "iters_per_s": (self.iter - it0) / max(wall, 1e-9),
-                   "preset": self.cfg.name}
+                   "preset": self.cfg.name, "precision": self.precision.name,
+                   "amp_skipped_steps": self.scaler.skipped if self.scaler is not None else 0}
         if self.out_dir is not None and self.dist.is_main:
             atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2))
         if self._tb is not None:
@@ -487,6 +543,7 @@ class Trainer:
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
             "imnet": self.imnet.state_dict() if self.imnet is not None else None,
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "config": to_dict(self.cfg),
             "version": __version__,
             "rng": {
@@ -519,6 +576,8 @@ class Trainer:
                 f"{self.cfg.model.decoder}): {' '.join(first)}"
             ) from None
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler") is not None:  # fp16: the loss scale
+            self.scaler.load_state_dict(state["scaler"])
         self.iter = int(state["iter"])
         rng = state["rng"]
         per_rank = state.get("rng_per_rank")
