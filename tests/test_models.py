@@ -361,3 +361,16 @@ def test_decoder_init_mmcv_is_kaiming_normal_fan_out_and_torch_is_the_default(de
                 assert w.abs().max() > math.sqrt(3) * want  # normal, not uniform: tails beyond the uniform bound
         cls = model.decoder.conv_seg if decoder == "daformer" else model.decoder.linear_pred
         assert abs(cls.weight.std().item() - 0.01) < 0.002
+
+
+def test_deeplabv2_preset_keeps_the_releases_two_dilations():
+    """The release builds every DeepLabV2 run from deeplabv2red_r50-d8.py ("dlv2red"): the
+    classifier's dilations (6, 12) only. The paper preset does the same."""
+    from cluda_kit.config import load_config
+    from cluda_kit.models.heads import DeepLabV2Head
+    from cluda_kit.models.segmentor import build_decoder
+
+    cfg = load_config("gta2cs_deeplabv2_cluda")
+    assert cfg.model.decoder == "deeplabv2" and cfg.model.deeplab_dilation_quirk is True
+    head = build_decoder("deeplabv2", (8, 16, 32, 64), 19, deeplab_dilation_quirk=cfg.model.deeplab_dilation_quirk)
+    assert isinstance(head, DeepLabV2Head) and head.dilations == (6, 12) and len(head.aspp_modules) == 2
