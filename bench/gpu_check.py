@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="print a torch.profiler kernel table of one step per setting (GPU)")
     ap.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
-                    help="train.compile settings to run (torch.compile of the student's encoder)")
+                    help="train.compile settings to run (torch.compile of the student's segmentor)")
     args = ap.parse_args(argv)
     warmup = args.warmup if args.warmup is not None else (0 if args.quick else 3)
     iters = args.iters if args.iters is not None else (1 if args.quick else 5)

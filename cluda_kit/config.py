@@ -208,7 +208,8 @@ class TrainConfig:
     eval_stride: tuple[int, int] | None = None
     deterministic: bool = False
     skip_nonfinite: bool = False  # skip a step with a non-finite loss instead of stopping
-    compile: bool = False  # torch.compile the encoder
+    compile: bool = False  # torch.compile the student (see compile_scope); falls back to eager where unavailable
+    compile_scope: str = "student"  # student: its whole segmentor (encoder + decoder) | encoder
     threads: int | None = None  # torch CPU threads (None = torch default)
 
 
@@ -441,6 +442,7 @@ _CHOICES = {
     "train.amp": ("auto", "bf16", "fp16", "none"),
     "optim.no_decay_rule": ("release", "norm_layers"),
     "train.eval_mode": ("whole", "slide"),
+    "train.compile_scope": ("student", "encoder"),
     "data.source.name": ("miniscapes", "gta", "synthia", "cityscapes", "folder"),
     "data.target.name": ("miniscapes", "gta", "synthia", "cityscapes", "folder"),
     "data.val.name": ("miniscapes", "gta", "synthia", "cityscapes", "folder"),

@@ -58,6 +58,22 @@ def set_deterministic(enabled: bool, device: torch.device | str | None = None) -
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot run here, or None when it can: TorchDynamo unsupported on this
+    Python/platform, or (for inductor on the CPU) no C++ compiler on the PATH."""
+    import shutil
+
+    try:
+        import torch._dynamo as dynamo
+    except ImportError as err:  # a torch build without dynamo
+        return f"torch._dynamo cannot be imported ({err})"
+    if not dynamo.is_dynamo_supported():
+        return "TorchDynamo does not support this Python version or platform"
+    if device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "clang++", "cl")):
+        return "inductor needs a C++ compiler on the CPU and none (c++, g++, clang++) is on the PATH"
+    return None
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``"auto"`` -> the local CUDA device if there is one (the DDP rank's under torchrun), else CPU."""
     if name == "auto":

@@ -49,6 +49,7 @@ from ..runtime import (
     LossScaler,
     all_gather_objects,
     autocast,
+    compile_unavailable,
     device_precision,
     init_distributed,
     resolve_device,
@@ -166,14 +167,16 @@ class Trainer:
         self.imnet = None
         if cfg.uda.fd.enabled:
             self.imnet = copy.deepcopy(self.student.encoder).eval().requires_grad_(False)
+        self.compiled = False
         if cfg.train.compile:
-            # in place (nn.Module.compile): parameter names and checkpoints are unchanged; after
-            # the teacher / ImageNet copies were taken, so only the student's encoder is compiled
-            self.student.encoder.compile(dynamic=False)
+            self.compiled = self._compile_student(cfg.train.compile_scope)
+        # fused AdamW (one kernel for all parameters) on CUDA; the CPU keeps the foreach
+        # implementation, whose steps the golden-step tests pin
         self.optimizer = torch.optim.AdamW(
             param_groups(self.student, cfg.optim.lr, cfg.optim.weight_decay,
                          cfg.optim.head_lr_mult, cfg.optim.norm_decay, cfg.optim.no_decay_rule),
             lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
+            fused=True if self.device.type == "cuda" else None,
         )
         # DDP: the student's wrapper (train_net: what training forwards run through) and helpers
         self.ddp = Distributed(self.student, self.dist, self.device, cfg.loss.contrastive.gather_negatives)
@@ -395,6 +398,21 @@ class Trainer:
         _call(self.callbacks, "on_step_end", self)
         return self.iter
 
+    def _compile_student(self, scope: str) -> bool:
+        """torch.compile the student's segmentor (encoder + decoder; HRDA's crops and attention
+        stay eager around it) or only its encoder, in place (nn.Module.compile: parameter names
+        and checkpoints unchanged), after the teacher and ImageNet copies were taken; static
+        shapes (the training crop is fixed; HRDA's two encoder layouts get one graph each).
+        Where compilation is unavailable, warns once and trains eagerly; returns whether it
+        compiled."""
+        reason = compile_unavailable(self.device)
+        if reason is not None:
+            warnings.warn(f"train.compile=true: {reason}; training eagerly", RuntimeWarning, stacklevel=3)
+            return False
+        segmentor = getattr(self.student, "segmentor", self.student)  # HRDA wraps the Segmentor
+        (segmentor if scope == "student" else segmentor.encoder).compile(dynamic=False)
+        return True
+
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module | None = None, progress: bool | None = None,
@@ -443,9 +461,13 @@ class Trainer:
         if self.progress and self.dist.is_main and self.iter < max_iters:
             bar.write(f"precision: {self.precision} on {self.device}")
         t0, it0 = time.perf_counter(), self.iter
+        first_step_s = None  # with train.compile: the first step, which compiles, timed apart
         last_eval = None
         while self.iter < max_iters:
             res = self.step()
+            if first_step_s is None and self.compiled:
+                self.raise_if_nonfinite()  # waits for the step, so its time is the compile's
+                first_step_s = time.perf_counter() - t0
             bar.update(1)
             log_now = self.iter % cfg.log_every == 0 or self.iter == max_iters
             # host-device synchronisation only here: the deferred finiteness check, the floats
@@ -471,7 +493,12 @@ class Trainer:
         summary = {"iter": self.iter, "miou": last_eval["miou"],
                    **{k: v for k, v in last_eval.items() if k.startswith("miou") and k != "miou"},
                    "iou": last_eval["iou"],
-                   "wall_time_s": wall, "iters_per_s": (self.iter - it0) / max(wall, 1e-9),
+                   "wall_time_s": wall,
+                   # it/s excludes the first (compiling) step of a compiled run; first_step_s has it
+                   "iters_per_s": ((self.iter - it0 - 1) / max(wall - first_step_s, 1e-9)
+                                   if first_step_s is not None and self.iter - it0 > 1
+                                   else (self.iter - it0) / max(wall, 1e-9)),
+                   "compiled": self.compiled, "first_step_s": first_step_s,
                    "preset": self.cfg.name, "precision": self.precision.name,
                    "amp_skipped_steps": self.scaler.skipped if self.scaler is not None else 0}
         if self.out_dir is not None and self.dist.is_main:
