@@ -158,3 +158,15 @@ def test_the_suite_is_python_m_bench_not_a_cluda_kit_command(tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((tmp_path / "out" / "data.json").read_text())
     assert record["command"] == f"python -m bench --only data --quick --out {tmp_path / 'out'}"
+
+def test_readme_paper_preset_table_is_what_bench_presets_prints():
+    """README's paper-preset table is generated (python -m bench.presets), so it cannot drift from
+    the presets or the measured GPU records."""
+    from bench.presets import PAPER, table
+
+    from cluda_kit.config import preset_names
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert table() in readme
+    paper = {p for p in preset_names() if not p.startswith("miniscapes")}
+    assert set(PAPER) == paper, "every paper preset has a row (PAPER in bench/presets.py)"

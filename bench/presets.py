@@ -1,0 +1,94 @@
+"""The paper-preset table of README: each paper preset's published number, its training and
+evaluation settings (read from the preset itself), the step time and memory the kit measured on a
+GPU where it did, and what has not been verified here.
+
+    python -m bench.presets            # prints the table (README "Paper presets" holds this output)
+
+tests/test_bench.py checks that README's table is what this prints, so the two cannot drift.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+#: mIoU (%) published for each preset's method on Cityscapes val (SYNTHIA: 16 classes), with its
+#: source (the DAFormer, HRDA, CLUDA v1/v2 and MIC papers); None where no paper reports that
+#: combination.
+PAPER = {
+    "gta2cs_daformer": ("68.3", "DAFormer"),
+    "gta2cs_daformer_cluda": ("70.1", "CLUDA, third-party listing"),
+    "gta2cs_daformer_mic": (None, ""),
+    "gta2cs_deeplabv2_cluda": (None, ""),
+    "gta2cs_hrda": ("73.8", "HRDA"),
+    "gta2cs_hrda_cluda": ("74.4 ± 0.3", "CLUDA"),
+    "gta2cs_hrda_cluda_reference": ("74.4 ± 0.3", "CLUDA (release settings)"),
+    "gta2cs_hrda_mic": ("75.9", "MIC"),
+    "synthia2cs_daformer_cluda": (None, ""),
+    "synthia2cs_hrda_cluda": ("67.2 (v1) / 66.8 ± 0.4 (v2)", "CLUDA"),
+}
+
+#: GPU measurements (bench/gpu_check.py on an H100, random weights) and which record to read.
+MEASURED = ("gpu_check_H100_sync_free.json", "gpu_check_H100_gta2cs_daformer_cluda.json",
+            "gpu_check_H100_gta2cs_hrda_cluda.json")
+
+
+def measured() -> dict[tuple[str, str], dict]:
+    """(preset, amp) -> the newest record without activation checkpointing or compile."""
+    out: dict[tuple[str, str], dict] = {}
+    for name in reversed(MEASURED):  # the first file (newest) wins
+        path = RESULTS / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        for r in data["records"]:
+            if r.get("activation_checkpointing") or r.get("compile") or "sec_per_iter" not in r:
+                continue
+            out[(r["preset"], r["amp"])] = {**r, "device": data["device"], "file": name}
+    return out
+
+
+def rows() -> list[dict]:
+    from cluda_kit.config import load_config
+
+    gpu = measured()
+    out = []
+    for preset, (miou, source) in PAPER.items():
+        cfg = load_config(preset)
+        d, o, t = cfg.data, cfg.optim, cfg.train
+        val = f"{d.val.resize[1]}×{d.val.resize[0]} input" if d.val.resize else "as stored"
+        labels = "full-resolution labels" if not d.val.resize_label else "resized labels"
+        protocol = f"{t.eval_mode}{' ' + str(t.eval_window[1]) + '×' + str(t.eval_window[0]) if t.eval_mode == 'slide' and t.eval_window else ''}, {val}, {labels}"
+        amp = "fp32" if t.amp == "none" else "bf16 autocast (auto)" if t.amp == "auto" else t.amp
+        times = []
+        for key, label in (("bf16", "bf16"), ("none", "fp32")):
+            r = gpu.get((preset, key))
+            if r is not None:
+                times.append(f"{label} {r['sec_per_iter']:.2f} s/it, {r['peak_mem_gib']:.1f} GiB")
+        out.append({
+            "preset": preset, "paper": f"{miou} ({source})" if miou else "–",
+            "crop": f"{d.crop_size[1]}×{d.crop_size[0]}",
+            "batch": f"{d.batch_size} + {d.batch_size}",
+            "iters": f"{t.max_iters // 1000}k",
+            "optim": f"AdamW {o.lr:g}, head ×{o.head_lr_mult:g}, wd {o.weight_decay:g}, {amp}",
+            "protocol": protocol,
+            "measured": "; ".join(times) if times else "not measured",
+        })
+    return out
+
+
+def table() -> str:
+    lines = ["| preset | paper mIoU | crop | batch (src + tgt) | iterations | optimiser, precision | evaluation | "
+             "H100 step (random weights) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows():
+        lines.append(f"| `{r['preset']}` | {r['paper']} | {r['crop']} | {r['batch']} | {r['iters']} | {r['optim']} | "
+                     f"{r['protocol']} | {r['measured']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    print(table())
