@@ -5,6 +5,7 @@
     cluda-kit evaluate MODEL [--config PRESET] [--dataset NAME --root DIR] [--split S] [--teacher]
                        [--save-predictions DIR]
     cluda-kit predict CHECKPOINT INPUT... --out DIR [--teacher] [--batch-size N] [--every K]
+    cluda-kit export MODEL --format {safetensors,onnx} --out FILE [--teacher] [--size H W]
     cluda-kit presets
     cluda-kit pretrain [--out FILE] [--iters N] [--classes C] [--seed S] ...
     cluda-kit prepare {gta,synthia,cityscapes} ROOT [--workers N]
@@ -199,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--every", type=int, default=1, help="segment every K-th video frame")
     pd.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     pd.set_defaults(func=_predict)
+
+    from .export import add_parser as add_export_parser  # imports no torch
+
+    add_export_parser(sub)
 
     ps = sub.add_parser("presets", help="list the shipped presets")
     ps.set_defaults(func=_presets)
