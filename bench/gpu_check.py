@@ -137,7 +137,7 @@ def profile_step(step, row_limit: int = 12) -> str:
 
 
 def overrides(preset: str, quick: bool, amp: str, ckpt: bool, device: str,
-              compile_: bool = False) -> list[str]:
+              compile_: bool | str = False) -> list[str]:
     """Config overrides: miniscapes stand-ins for the datasets, no evaluation/checkpoints/figures,
     random weights; ``quick`` shrinks the model and the crops to CPU size."""
     base = load_config(preset)
@@ -151,7 +151,8 @@ def overrides(preset: str, quick: bool, amp: str, ckpt: bool, device: str,
             f"data.crop_size={crop}", "data.rcs.enabled=false", "data.num_workers=0",
             "model.pretrained=", f"model.activation_checkpointing={str(ckpt).lower()}",
             f"train.amp={amp}", f"train.device={device}", "train.eval_every=0",
-            f"train.compile={str(compile_).lower()}",
+            f"train.compile={str(bool(compile_)).lower()}",
+            f"train.compile_mode={'reduce-overhead' if compile_ == 'cudagraphs' else 'default'}",
             "train.checkpoint_every=0", "train.figure_every=0", "train.log_every=1000000"]
     if quick:
         out += ["model.encoder=mit_nano", "model.embed_dim=16", "model.fused_dim=16",
@@ -283,8 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="activation checkpointing settings to run")
     ap.add_argument("--profile", action="store_true",
                     help="print a torch.profiler kernel table of one step per setting (GPU)")
-    ap.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
-                    help="train.compile settings to run (torch.compile of the student's segmentor)")
+    ap.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on", "cudagraphs"],
+                    help="train.compile settings to run (torch.compile of the student's segmentor; "
+                         "cudagraphs: with train.compile_mode=reduce-overhead)")
     args = ap.parse_args(argv)
     warmup = args.warmup if args.warmup is not None else (0 if args.quick else 3)
     iters = args.iters if args.iters is not None else (1 if args.quick else 5)
@@ -302,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(probe), flush=True)
     else:
         ap.error("no CUDA device: run on a GPU, or pass --quick for the CPU smoke test")
-    settings = [(p, amp, ck == "on", co == "on") for p in args.presets for amp in args.amps
-                for ck in args.ckpt for co in args.compile]
+    settings = [(p, amp, ck == "on", {"off": False, "on": True}.get(co, co)) for p in args.presets
+                for amp in args.amps for ck in args.ckpt for co in args.compile]
     records = []
     for preset, amp, ckpt, compile_ in settings:
         rec = measure(preset, amp, ckpt, quick=args.quick, device=device, warmup=warmup,

@@ -7,7 +7,8 @@
 #            DAFormer+CLUDA and HRDA+CLUDA in bf16
 #   demo:    the demo (miniscapes_cluda, 1000 iterations) trained end to end on the GPU by the CLI
 #   compile: gpu_check eager vs train.compile=true (torch.compile of the student's segmentor) for
-#            both presets in bf16, with the profiler's kernel share (issue #18 item 3)
+#            both presets in bf16, with the profiler's kernel share, and compiled with CUDA graphs
+#            (train.compile_mode=reduce-overhead) (issue #18 item 3; run this part alone)
 # Usage: bench/gpu_run.sh [PART ...]   (default: all four, in that order)
 # Needs cityscapesscripts / pypng wheels in .whl/ where the machine lacks them (bench/README.md).
 set -u
@@ -32,7 +33,7 @@ for part in $PARTS; do
             --set train.device=cuda --set train.threads=4 --set data.num_workers=4 2>&1 \
             | tr '\r' '\n' | grep -v -E "^\s*$" | tail -45 | tee "$OUT/demo_gpu.log"
           cp /tmp/demo_gpu/metrics.jsonl "$OUT/demo_gpu_metrics.jsonl" 2>/dev/null ;;
-    compile) timeout 420 $CHECK --amps bf16 --compile off on --profile \
+    compile) timeout 540 $CHECK --amps bf16 --compile off on cudagraphs --profile \
                --warmup 2 --iters 5 --out "$OUT/gpu_check_compile.json" 2>&1 \
                | grep -v -i "warn" | tee "$OUT/gpu_check_compile.log" ;;
     *) echo "unknown part $part (tests | check | demo | compile)"; exit 2 ;;

@@ -210,6 +210,7 @@ class TrainConfig:
     skip_nonfinite: bool = False  # skip a step with a non-finite loss instead of stopping
     compile: bool = False  # torch.compile the student (see compile_scope); falls back to eager where unavailable
     compile_scope: str = "student"  # student: its whole segmentor (encoder + decoder) | encoder
+    compile_mode: str = "default"  # torch.compile mode; reduce-overhead adds CUDA graphs (static crops)
     threads: int | None = None  # torch CPU threads (None = torch default)
 
 
@@ -443,6 +444,7 @@ _CHOICES = {
     "optim.no_decay_rule": ("release", "norm_layers"),
     "train.eval_mode": ("whole", "slide"),
     "train.compile_scope": ("student", "encoder"),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "data.source.name": ("miniscapes", "gta", "synthia", "cityscapes", "folder"),
     "data.target.name": ("miniscapes", "gta", "synthia", "cityscapes", "folder"),
     "data.val.name": ("miniscapes", "gta", "synthia", "cityscapes", "folder"),

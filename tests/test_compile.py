@@ -73,3 +73,16 @@ def test_compile_unavailable_names_the_reason(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert "C++ compiler" in compile_unavailable(torch.device("cpu"))
     assert compile_unavailable(torch.device("cuda")) is None or "Dynamo" in compile_unavailable(torch.device("cuda"))
+
+
+def test_compile_scope_and_mode_reach_torch_compile(monkeypatch):
+    """train.compile_scope picks the module, train.compile_mode (reduce-overhead: CUDA graphs) is
+    passed to torch.compile with static shapes."""
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: calls.append((type(self).__name__, kw)))
+    for scope, mode, name in (("student", "reduce-overhead", "Segmentor"), ("encoder", "default", "MixTransformer")):
+        calls.clear()
+        cfg = load_config("miniscapes_tiny", TINY + ["train.compile=true", f"train.compile_scope={scope}",
+                                                     f"train.compile_mode={mode}"])
+        trainer = Trainer(cfg, progress=False)
+        assert trainer.compiled and calls == [(name, {"dynamic": False, "mode": mode})]

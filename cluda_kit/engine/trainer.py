@@ -169,7 +169,7 @@ class Trainer:
             self.imnet = copy.deepcopy(self.student.encoder).eval().requires_grad_(False)
         self.compiled = False
         if cfg.train.compile:
-            self.compiled = self._compile_student(cfg.train.compile_scope)
+            self.compiled = self._compile_student(cfg.train.compile_scope, cfg.train.compile_mode)
         # fused AdamW (one kernel for all parameters) on CUDA; the CPU keeps the foreach
         # implementation, whose steps the golden-step tests pin
         self.optimizer = torch.optim.AdamW(
@@ -398,11 +398,12 @@ class Trainer:
         _call(self.callbacks, "on_step_end", self)
         return self.iter
 
-    def _compile_student(self, scope: str) -> bool:
+    def _compile_student(self, scope: str, mode: str = "default") -> bool:
         """torch.compile the student's segmentor (encoder + decoder; HRDA's crops and attention
         stay eager around it) or only its encoder, in place (nn.Module.compile: parameter names
         and checkpoints unchanged), after the teacher and ImageNet copies were taken; static
         shapes (the training crop is fixed; HRDA's two encoder layouts get one graph each).
+        ``mode`` "reduce-overhead" also captures CUDA graphs (on CUDA; the CPU ignores them).
         Where compilation is unavailable, warns once and trains eagerly; returns whether it
         compiled."""
         reason = compile_unavailable(self.device)
@@ -410,7 +411,7 @@ class Trainer:
             warnings.warn(f"train.compile=true: {reason}; training eagerly", RuntimeWarning, stacklevel=3)
             return False
         segmentor = getattr(self.student, "segmentor", self.student)  # HRDA wraps the Segmentor
-        (segmentor if scope == "student" else segmentor.encoder).compile(dynamic=False)
+        (segmentor if scope == "student" else segmentor.encoder).compile(dynamic=False, mode=mode)
         return True
 
     # ------------------------------------------------------------------ evaluation
