@@ -70,7 +70,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.dataset not in (None, "miniscapes"):
         overrides.append("data.val.length=null")  # a miniscapes scene count means nothing there
     model = load_model(args.run, teacher=args.teacher, config=args.config, overrides=overrides,
-                       device=args.device or _auto_device())
+                       device=_device(args.device))
     cfg = model.cfg
     val = cfg.data.val
     where = f"{val.name}" + (f":{val.domain}" if val.name == "miniscapes" else f" {val.root}")
@@ -106,7 +106,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.every < 1:
         raise UsageError(f"predict: --batch-size and --every must be >= 1; got {args.batch_size}, {args.every}")
     inputs = collect_inputs(args.inputs)  # checks every input before the model loads
-    model = load_model(args.checkpoint, teacher=args.teacher, device=args.device or _auto_device())
+    model = load_model(args.checkpoint, teacher=args.teacher, device=_device(args.device))
     print(f"model: {model.source} ({model.mode} inference"
           + (f", resized to fit {model.resize}" if model.resize else "") + f", on {model.device})")
     counts = predict_files(model, inputs, args.out, batch_size=args.batch_size, every=args.every)
@@ -116,10 +116,11 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _auto_device() -> str:
-    import torch
+def _device(name: str | None):
+    """``--device`` or, when not given, CUDA where available (``runtime.resolve_device``)."""
+    from .runtime import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(name or "auto")
 
 
 def _pretrain(args: argparse.Namespace) -> int:

@@ -78,8 +78,7 @@ class SegmentationModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        param = next(self.net.parameters(), None)
-        return param.device if param is not None else torch.device("cpu")
+        return _device_of(self.net)
 
     def forward(self, x: Tensor) -> Tensor:
         from .engine.evaluate import predict_slide, predict_whole

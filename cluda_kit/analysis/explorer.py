@@ -88,6 +88,7 @@ class LinkedExplorer:
         self.embed_kwargs = dict(embed_kwargs or {})
         self.projection_calls = 0
         self._memory: dict[tuple[str, str], np.ndarray] = {}
+        self._measured: dict[tuple, dict] = {}  # measures() per (shown classes, shown domains)
         self.selected = np.zeros(0, dtype=np.int64)
         self.color_by = "class"
         self.shown_classes: list[int] = sorted(int(c) for c in np.unique(first.labels))
@@ -244,6 +245,9 @@ class LinkedExplorer:
         fewer than two classes are shown."""
         from cluda_kit.analysis.embedding import cluster_measures
 
+        key = (tuple(self.shown_classes), tuple(self.shown_domains))
+        if key in self._measured:  # a new selection does not change them; only what is shown does
+            return self._measured[key]
         out: dict[str, dict] = {}
         for m in self.models:
             fs = self.sets[m].subset(classes=self.shown_classes, domains=self.shown_domains)
@@ -251,6 +255,7 @@ class LinkedExplorer:
                 out[m] = {}
                 continue
             out[m] = cluster_measures(fs.features, fs.labels, fs.domain if len(self.shown_domains) > 1 else None)
+        self._measured[key] = out
         return out
 
     # -------------------------------------------------------------------- export
