@@ -9,7 +9,9 @@ Both modes build ``Trainer(load_config("miniscapes_cluda"))`` with ``train.seed=
 ``--time-steps`` more steps (median wall and CPU seconds). ``--check`` compares the losses with the
 recorded baseline and, with ``--baseline-src DIR`` (a copy of the ``cluda_kit`` package taken before
 optimising: DIR/cluda_kit), also times that old code in the same run, alternating old and new
-subprocesses ``--repeats`` times, so that old and new see the same machine load.
+subprocesses ``--repeats`` times, so that old and new see the same machine load. With
+``--against-old`` the old code runs in the new code's environment and the new losses are compared
+with the old code's of the same run (for a change whose baseline predates the current preset).
 
 :func:`phase_breakdown` aggregates the ``torch.profiler.record_function`` ranges ("step/<phase>")
 that :meth:`Trainer.step` opens over a profiled run of N steps; ``python -m bench --only step``
@@ -140,32 +142,39 @@ def phase_breakdown(preset: str, steps: int = 5, warmup: int = 2,
 
 
 def check(args) -> int:
-    base = json.loads(args.baseline.read_text())
     new_env = {"OMP_WAIT_POLICY": "PASSIVE"}
+    if args.against_old and args.baseline_src is None:
+        raise SystemExit("--against-old needs --baseline-src")
+    base = None if args.against_old else json.loads(args.baseline.read_text())
     runs: dict[str, list[dict]] = {"new": []}
     if args.baseline_src is not None:
         runs["old"] = []
     for _ in range(args.repeats):
         if args.baseline_src is not None:  # the old code exactly as the baseline was measured
-            runs["old"].append(run_in_subprocess(args.baseline_src, {}, (), args.loss_steps, args.time_steps))
+            runs["old"].append(run_in_subprocess(args.baseline_src, new_env if args.against_old else {}, (),
+                                                 args.loss_steps, args.time_steps))
         runs["new"].append(run_in_subprocess(None, new_env, (), args.loss_steps, args.time_steps))
-    problems = compare_losses(base["losses"], runs["new"][0]["losses"], rtol=args.rtol)
-    summary = {"baseline_recorded": {"median_step_s": base["median_step_s"], "loadavg": base["loadavg"]},
-               "loss_check": {"rtol": args.rtol, "steps": len(base["losses"]), "mismatches": problems},
+    reference = runs["old"][0]["losses"] if args.against_old else base["losses"]
+    problems = compare_losses(reference, runs["new"][0]["losses"], rtol=args.rtol)
+    summary = {"baseline_recorded": None if base is None else {"median_step_s": base["median_step_s"],
+                                                               "loadavg": base["loadavg"]},
+               "loss_check": {"rtol": args.rtol, "steps": len(reference), "mismatches": problems,
+                              "against": "old" if args.against_old else "recorded baseline"},
                "loadavg_after": loadavg()}
     for name, rs in runs.items():
         summary[name] = {"median_step_s": statistics.median(t for r in rs for t in r["step_times_s"]),
                          "median_cpu_s": statistics.median(t for r in rs for t in r["step_cpu_s"]),
                          "per_run_median_s": [r["median_step_s"] for r in rs],
                          "loadavg": [r["loadavg"] for r in rs]}
-    print(f"step time: recorded baseline {base['median_step_s']:.3f} s (load {base['loadavg']})")
+    if base is not None:
+        print(f"step time: recorded baseline {base['median_step_s']:.3f} s (load {base['loadavg']})")
     for name in runs:
         print(f"  {name}: median {summary[name]['median_step_s']:.3f} s wall, "
               f"{summary[name]['median_cpu_s']:.3f} s CPU (per run {summary[name]['per_run_median_s']})")
     if "old" in runs:
         summary["speedup_same_run"] = summary["old"]["median_step_s"] / summary["new"]["median_step_s"]
         print(f"  same-run speedup old/new: {summary['speedup_same_run']:.2f}x")
-    print("losses match the baseline" if not problems else "LOSS MISMATCH:\n  " + "\n  ".join(problems))
+    print(f"losses match the {summary['loss_check']['against']}" if not problems else "LOSS MISMATCH:\n  " + "\n  ".join(problems))
     if args.out is not None:
         args.out.write_text(json.dumps(summary, indent=2))
     return 0 if not problems else 1
@@ -184,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-src", type=Path, default=None,
                    help="directory holding the pre-optimisation cluda_kit package")
     p.add_argument("--out", type=Path, default=None, help="write the comparison as JSON")
+    p.add_argument("--against-old", action="store_true",
+                   help="compare the losses with the old code's (same run) instead of the recorded "
+                        "baseline, and run the old code with the new code's environment")
     args = p.parse_args(argv)
     if args.record_baseline:
         run = loss_trajectory_and_time(DEMO, args.loss_steps, args.time_steps)
