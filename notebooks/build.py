@@ -36,8 +36,66 @@ def build(src: Path, timeout: int = 1200) -> float:
     NotebookClient(nb, timeout=timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(HERE)}}).execute()
     elapsed = time.perf_counter() - start
+    dropped = drop_large_widget_states(nb)
+    if dropped:
+        print(f"{src.name}: left out the stored state of {dropped} widget model(s) (scatter views over "
+              f"{WIDGET_STATE_LIMIT // 1000} kB and what shows them; their outputs keep a static picture)", flush=True)
     jupytext.write(nb, src.with_suffix(".ipynb"))
     return elapsed
+
+
+WIDGET_STATE_LIMIT = 300_000
+"""Stored widget states larger than this (bytes of JSON) are dropped: a jupyter-scatter view
+carries its 2 MB JavaScript bundle and every point, and notebooks stay under 2 MB."""
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def drop_large_widget_states(nb, limit: int = WIDGET_STATE_LIMIT) -> int:
+    """Leave out of ``nb``'s stored widget state the models whose state exceeds ``limit`` bytes,
+    every model that shows one of them (a box around a view), and the models then used by no
+    stored output; outputs that showed a dropped model lose their widget part and keep the rest
+    (a static ``image/png`` beside the widget, see ``LinkedExplorer``). Returns how many models
+    were left out (0: ``nb`` unchanged)."""
+    import json
+    import re
+
+    meta = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    state = meta.get("state", {})
+    text = {k: json.dumps(v) for k, v in state.items()}
+    gone = {k for k, t in text.items() if len(t) > limit}
+    if not gone:
+        return 0
+    refs = {k: set(re.findall(r"IPY_MODEL_([0-9a-f]{32})", t)) | set(re.findall(r'"model_id": "([0-9a-f]{32})"', t))
+            for k, t in text.items()}
+    grew = True
+    while grew:  # a container showing a dropped model cannot be drawn either
+        more = {k for k in state if k not in gone and refs[k] & gone}
+        grew, gone = bool(more), gone | more
+    shown = set()
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            view = out.get("data", {}).get(WIDGET_VIEW)
+            if view is None:
+                continue
+            if view.get("model_id") in gone:
+                rest = {k for k in out["data"] if k != WIDGET_VIEW}
+                if rest - {"text/plain"}:  # a richer fallback than the widget's repr: keep just that
+                    del out["data"][WIDGET_VIEW]
+                else:
+                    view["model_id"] = ""  # JupyterLab hides a view of no model
+            else:
+                shown.add(view.get("model_id"))
+    keep, todo = set(), [k for k in shown if k in state]
+    while todo:  # what the remaining outputs show, and what those models use (layouts, styles, children)
+        k = todo.pop()
+        if k not in keep:
+            keep.add(k)
+            todo += [r for r in refs[k] if r in state and r not in gone]
+    left_out = [k for k in state if k not in keep]
+    for k in left_out:
+        del state[k]
+    return len(left_out)
 
 
 def main(argv: list[str]) -> int:

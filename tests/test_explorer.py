@@ -147,3 +147,69 @@ def test_widget_links_selection_and_filters():
     assert b.color()["by"] == "b_correct"
     ex._method.value = "tsne" if ex.method != "tsne" else "pca"
     assert ex.projection_calls >= 3
+
+
+def test_a_selection_in_a_notebook_run_by_nbclient_does_not_wait_for_the_timeout(tmp_path):
+    """nbclient mirrors output captured by an ipywidgets.Output back to the kernel on the shell
+    socket it is waiting on for the cell's reply; with a large capture (a gallery PNG) the reply
+    went unseen until the cell timed out (jupyter/nbclient#312; notebook 06's build stalled 20
+    minutes). The explorer's gallery is an HTML widget set from the kernel, so a selection made in
+    a cell returns at once."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    import time
+
+    setup = f"""import numpy as np, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from test_explorer import paired_sets
+from cluda_kit.analysis.explorer import LinkedExplorer
+noise = np.random.default_rng(0).integers(0, 256, (3, 96, 128), dtype=np.uint8)  # large PNGs
+ex = LinkedExplorer(paired_sets(400), lambda domain, i: noise, method="pca")"""
+    cells = [setup, "ex", "ex.select(np.arange(24)); print(len(ex.selected))", "ex.select(np.arange(5, 29))"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    client = nbclient.NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    seconds = []
+    with client.setup_kernel():
+        for i, cell in enumerate(nb.cells):
+            start = time.perf_counter()
+            client.execute_cell(cell, i)
+            seconds.append(time.perf_counter() - start)
+    assert max(seconds[1:]) < 30, f"cells took {[round(s, 1) for s in seconds]} s (timeout 60)"
+    ex = LinkedExplorer(paired_sets(), images, method="pca")
+    todo, found = [ex.widget()], []
+    while todo:  # the cause itself: no Output widget anywhere in the explorer
+        widget = todo.pop()
+        found.append(type(widget).__name__)
+        todo += list(getattr(widget, "children", ()))
+    assert "Output" not in found and "HTML" in found, found
+    out = nb.cells[1].outputs[0]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in out and out["image/png"]  # the widget and its picture
+    assert nb.cells[2].outputs[0]["text"].strip() == "24"
+
+
+def test_build_leaves_out_large_widget_states_and_keeps_the_picture():
+    """notebooks/build.py drops the megabyte scatter states, the boxes that show them and the
+    models no stored output uses; the output keeps its static PNG, other widgets keep theirs."""
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("nb_build", Path(__file__).resolve().parent.parent / "notebooks" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    ids = {k: k * 32 for k in "abcdef"}  # a: scatter (big), b: its box, c: the box's layout, d: another widget + e: its layout, f: a link
+    state = {ids["a"]: {"state": {"_esm": "x" * 400_000}}, ids["b"]: {"state": {"children": [f"IPY_MODEL_{ids['a']}"],
+                                                                                   "layout": f"IPY_MODEL_{ids['c']}"}},
+             ids["c"]: {"state": {}}, ids["d"]: {"state": {"layout": f"IPY_MODEL_{ids['e']}"}}, ids["e"]: {"state": {}},
+             ids["f"]: {"state": {"source": [f"IPY_MODEL_{ids['d']}", "value"]}}}
+    view = "application/vnd.jupyter.widget-view+json"
+    cells = [nbformat.v4.new_code_cell(outputs=[nbformat.v4.new_output("display_data", data={
+                 view: {"version_major": 2, "version_minor": 0, "model_id": ids[m]}, "text/plain": "W", **extra})])
+             for m, extra in (("b", {"image/png": "iVBOR"}), ("d", {}))]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": state}}
+    assert build.drop_large_widget_states(nb) == 4
+    assert set(nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]) == {ids["d"], ids["e"]}
+    assert set(cells[0].outputs[0]["data"]) == {"image/png", "text/plain"}  # the picture stays, the widget goes
+    assert cells[1].outputs[0]["data"][view]["model_id"] == ids["d"]
+    assert build.drop_large_widget_states(nb) == 0

@@ -12,6 +12,17 @@ and domain shown. The selection exports as CSV, the view as PNG.
 Everything but the drawing is plain state (``points``, ``select``, ``selection_counts``,
 ``gallery``, ``measures``, ``export_csv``, ``export_png``), tested without a browser; the widget
 (:meth:`LinkedExplorer.widget`) only wires jupyter-scatter and ipywidgets to it.
+
+Displaying the explorer itself (``linked`` as a cell's last line) shows the widget together with
+a static PNG of the views in one output: a live front end draws the widget, a stored notebook
+whose (megabyte) widget state was left out shows the picture (``notebooks/build.py`` removes the
+widget part of such outputs).
+
+The gallery is an ``ipywidgets.HTML`` holding the figure as a PNG, set from the kernel, never an
+``ipywidgets.Output`` filled with ``with output: display(...)``: nbclient mirrors such captured
+output back to the kernel with a comm message on the shell socket it is at the same time waiting
+on for the cell's reply, and with a large output (a gallery PNG) that reply is not seen until the
+cell's timeout ends (jupyter/nbclient#312): building notebook 06 stalled 20 minutes on it.
 """
 from __future__ import annotations
 
@@ -178,7 +189,9 @@ class LinkedExplorer:
         self.selected = ids
         if self._widget is not None:
             for scatter in self._scatters.values():
-                if not np.array_equal(np.asarray(scatter.selection(), dtype=np.int64), ids):
+                # compared as sets: a lasso's points come in drawing order, and re-sending them sorted
+                # would bounce between the views and the browser (jupyter-scatter's compose links them too)
+                if not np.array_equal(np.unique(np.asarray(scatter.selection(), dtype=np.int64)), ids):
                     scatter.selection(ids.tolist())
             self._refresh_panel()
         return ids
@@ -272,9 +285,24 @@ class LinkedExplorer:
 
     def export_png(self, path: str | Path, dpi: int = 150) -> Path:
         """The current views (shown classes and domains, colour, selection highlighted) as PNG."""
-        from matplotlib.figure import Figure
-
         from cluda_kit.fileio import atomic_write
+
+        png = self.png(dpi)
+        return atomic_write(Path(path), lambda f: f.write(png))
+
+    def png(self, dpi: int = 100) -> bytes:
+        """The current views as PNG bytes (what :meth:`export_png` writes)."""
+        import io
+
+        buf = io.BytesIO()
+        self.figure(dpi).savefig(buf, format="png", bbox_inches="tight")
+        return buf.getvalue()
+
+    def figure(self, dpi: int = 100):
+        """The current views (shown classes and domains, colour, selection highlighted) as a
+        matplotlib figure, one panel per model, with a legend of the colours."""
+        from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
 
         df = self.points()
         vis = self.visible()
@@ -289,7 +317,24 @@ class LinkedExplorer:
                            edgecolors="black", linewidths=0.6)
             ax.set_title(f"{m} ({self.method}, colour: {self.color_by})", fontsize=9)
             ax.set_xticks([]), ax.set_yticks([])
-        return atomic_write(Path(path), lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
+        handles = [Line2D([], [], ls="", marker="o", color=colour, label=label) for label, colour in self._legend()]
+        if handles:
+            fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=7, frameon=False,
+                       bbox_to_anchor=(0.5, -0.02 - 0.035 * ((len(handles) - 1) // 7)))
+        return fig
+
+    def _legend(self) -> list[tuple[str, Any]]:
+        """(label, colour) pairs of the legend for ``self.color_by`` (empty for confidence)."""
+        if self.color_by == "class":
+            return [(self.class_names[c], self.palette[c] / 255.0) for c in self.shown_classes]
+        if self.color_by == "domain":
+            import matplotlib
+
+            names = self.sets[self.models[0]].domain_names
+            return [(d, matplotlib.colormaps["tab10"](k % 10)) for k, d in enumerate(names) if d in self.shown_domains]
+        if self.color_by == "correct":
+            return [("right", (0.2, 0.6, 0.2, 1.0)), ("wrong", (0.85, 0.1, 0.1, 1.0))]
+        return []
 
     def _colours(self, df, model: str) -> np.ndarray:
         """(N, 4) RGBA colours of the points for ``self.color_by`` in ``model``'s view."""
@@ -346,7 +391,7 @@ class LinkedExplorer:
                                          value=tuple(self.shown_classes), rows=8, description="classes")
         self._csv = w.Button(description="selection → CSV")
         self._png = w.Button(description="view → PNG")
-        self._panel = w.Output()
+        self._panel = w.HTML()  # the gallery, a PNG set from the kernel (not an Output: see the module's doc)
         self._status = w.HTML()
         for widget, css in ((self._color, "cluda-color"), (self._method, "cluda-method"), (self._domain, "cluda-domain"),
                             (self._classes, "cluda-classes"), (self._panel, "cluda-gallery"), (self._status, "cluda-status")):
@@ -396,8 +441,6 @@ class LinkedExplorer:
     def _refresh_panel(self) -> None:
         if self._widget is None:
             return
-        from IPython.display import display
-
         rows = []
         for m, values in self.measures().items():
             if values:
@@ -410,7 +453,33 @@ class LinkedExplorer:
                               + (f" ({text})" if text else "")
                               + "<table><tr><th>model</th><th>silhouette</th><th>intra/inter</th><th>domain mixing</th></tr>"
                               + "".join(rows) + "</table>")
-        self._panel.clear_output(wait=True)
-        if len(self.selected) and self.images is not None:
-            with self._panel:
-                display(self.gallery_figure())
+        self._panel.value = self._gallery_html() if len(self.selected) and self.images is not None else ""
+
+    def _gallery_html(self, limit: int = 24) -> str:
+        import io
+
+        buf = io.BytesIO()
+        self.gallery_figure(limit).savefig(buf, format="png", bbox_inches="tight")
+        shown = min(limit, len(self.selected))
+        return (f"<div>the crops of the first {shown} of {len(self.selected)} selected points (+ = the pixel; "
+                f"class, then each model's prediction: {' / '.join(self.models)})</div>"
+                f'<img src="data:image/png;base64,{_base64(buf.getvalue())}" '
+                f'alt="gallery of the selected points">')
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """The widget (built on first display) and a static PNG of the views in one output: a
+        front end with a kernel draws the widget; a notebook stored without the widget's state
+        shows the picture."""
+        widget = self._widget if self._widget is not None else self.widget()
+        bundle = dict(widget._repr_mimebundle_() or {})
+        bundle["image/png"] = _base64(self.png())
+        bundle["text/plain"] = (f"LinkedExplorer({', '.join(self.models)}; {self.method}; {len(self.visible())} points shown, "
+                                f"{len(self.selected)} selected)")
+        return bundle
+
+
+def _base64(png: bytes) -> str:
+    """PNG bytes as base64 text (a Jupyter ``image/png`` output, an ``<img>`` data URL)."""
+    import base64
+
+    return base64.b64encode(png).decode("ascii")
