@@ -31,7 +31,9 @@
 #    **class-balanced** (at most a fixed number of cells per class) and **purity-filtered** (a
 #    stride-4 cell counts for class c only if ≥ 90 % of its 4×4 label patch is c);
 # 3. project them with **t-SNE** (openTSNE, the kit's default backend) and **UMAP**, side by side,
-#    and explore them in the `FeatureExplorer` widget (method, model, domain, classes);
+#    and explore them in the `FeatureExplorer` widget (method, model, domain, classes), then compare
+#    DAFormer and CLUDA point by point in the `LinkedExplorer` (linked views, lasso, the pixels behind
+#    the points);
 # 4. compare **cluster measures** (`run_feature_measures`): per-class silhouette and intra/inter-class
 #    distance ratio of the target features, and how well source and target points of a class mix;
 # 5. write the conclusion from those numbers — a cell generates it, so it cannot say more than
@@ -52,14 +54,17 @@ PROFILE = nb.profile
 # %%
 import json
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
-from IPython.display import Markdown
+from IPython.display import Image, Markdown
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from cluda_kit.analysis import FeatureExplorer, FeatureSet, embed, extract_features, patch_labels
+from cluda_kit.analysis.explorer import LinkedExplorer
 from cluda_kit.analysis.runs import load_run_model, run_feature_measures
 from cluda_kit.config import load_config
 from cluda_kit.data.labels import CLASSES, PALETTE
@@ -220,6 +225,68 @@ print("PCA of (60, 16):", embed(x, "pca").shape)
 
 # %%
 explorer
+
+# %% [markdown]
+# ## Two models, point by point
+#
+# `LinkedExplorer` puts DAFormer's and CLUDA's features of **the same pixels** side by side: both
+# were extracted from the same images with the same seed, so point i is one pixel in both views
+# (`extract_features` records each point's image, pixel, and the model's prediction and confidence
+# there; the explorer refuses sets that differ). Projections (UMAP, seed 0) are cached on disk, so
+# reopening is instant.
+
+# %%
+CACHE = Path(tempfile.gettempdir()) / "cluda_kit_explorer"  # projections, keyed by the features' hash
+pair = {n: feature_sets[n] for n in ("daformer", "cluda")}
+linked = LinkedExplorer.from_datasets(pair, domains, method="umap", seed=0, cache_dir=CACHE)
+for name in pair:
+    linked.projection(name)  # computed here (or read, if this notebook ran before) and written to the cache
+same = all(np.array_equal(getattr(pair["daformer"], k), getattr(pair["cluda"], k)) for k in ("image_index", "pixel", "labels"))
+print(f"{len(pair['cluda'])} points per view | same image, pixel and class in both views: {same}")
+reopened = LinkedExplorer.from_datasets(pair, domains, method="umap", seed=0, cache_dir=CACHE)
+for name in pair:
+    reopened.projection(name)
+print("projections computed on reopening:", reopened.projection_calls, "(read from the cache)")
+
+# %% [markdown]
+# In JupyterLab with a running kernel the next cell draws the explorer: pan and zoom with the mouse;
+# hover a point for its class, domain, image, pixel and both models' predictions and confidences;
+# draw a lasso (the lasso button, or shift + drag) in one view and the same points light up in the
+# other, with the image crops they come from (the pixel marked), their per-class counts and the
+# cluster measures of the classes and domain shown. Colour by class, domain, the view's confidence
+# or whether its prediction is right. "selection → CSV" and "view → PNG" export. A stored copy of
+# this notebook shows a picture of the views instead (the live plots need the kernel).
+
+# %%
+linked
+
+# %% [markdown]
+# The same, driven from code (what a lasso does): select the target points of the class whose
+# CLUDA cluster is the least separated (lowest silhouette), see where they come from, and export
+# the selection.
+
+# %%
+silhouette = linked.measures()["cluda"].get("per_class_silhouette") or {keep[0]: 0.0}
+worst = min(silhouette, key=lambda c: (silhouette[c], c))
+points = linked.sets["cluda"]
+linked.select(np.flatnonzero((points.labels == worst) & (points.domain == "real"))[:16])
+print(f"lowest CLUDA silhouette: {CLASSES[worst]!r} ({silhouette[worst]:.3f})")
+print(f"selected {len(linked.selected)} target points of {CLASSES[worst]!r}")
+print("per-class counts:", linked.selection_counts())
+
+# %%
+for name in ("daformer", "cluda"):
+    right = linked.sets[name].correct[linked.selected]
+    print(f"{LABEL[name]}: {right.sum()} of {len(right)} of these pixels predicted right")
+linked.gallery_figure(limit=16)
+
+# %% [markdown]
+# The export: the selection as CSV (image, pixel, class, both models' predictions) and the views
+# as PNG, the selected points circled (what the two buttons write):
+
+# %%
+print("wrote", linked.export_csv(CACHE / "selection.csv").name, "and", linked.export_png(CACHE / "feature_view.png").name)
+Image(linked.png())
 
 # %% [markdown]
 # ## Cluster measures side by side
