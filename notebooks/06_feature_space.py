@@ -54,7 +54,6 @@ PROFILE = nb.profile
 # %%
 import json
 import math
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -236,7 +235,7 @@ explorer
 # reopening is instant.
 
 # %%
-CACHE = Path(tempfile.gettempdir()) / "cluda_kit_explorer"  # projections, keyed by the features' hash
+CACHE = Path(runs["cluda"]).parent / "explorer_cache"  # on disk beside the runs, keyed by the features' hash
 pair = {n: feature_sets[n] for n in ("daformer", "cluda")}
 linked = LinkedExplorer.from_datasets(pair, domains, method="umap", seed=0, cache_dir=CACHE)
 for name in pair:
