@@ -451,7 +451,8 @@ class LinkedExplorer:
                          for d, v in counts.items())
         self._status.value = (f"<b>{len(self.visible())}</b> points shown, <b>{len(self.selected)}</b> selected"
                               + (f" ({text})" if text else "")
-                              + "<table><tr><th>model</th><th>silhouette</th><th>intra/inter</th><th>domain mixing</th></tr>"
+                              + "<table style='border-spacing: 14px 2px'><tr><th>model</th><th>silhouette</th>"
+                              + "<th>intra/inter ratio</th><th>domain mixing</th></tr>"
                               + "".join(rows) + "</table>")
         self._panel.value = self._gallery_html() if len(self.selected) and self.images is not None else ""
 
