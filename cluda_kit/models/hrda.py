@@ -18,9 +18,17 @@ Training (``forward`` with the module in train mode, or ``inference=False``), in
 
   ``canvas`` places the detail logits into a zero map at the window's grid position and ``up`` is a
   bilinear resize (align_corners=False) to the grid. Outside the window fused == up(context) exactly.
-  (The release multiplies (1 - a) into the context logits before upsampling and masks a before
-  upsampling; here the mask is applied on the fused grid, which is the formula of docs/method.md §6
-  and keeps the "context outside the window" property exact. Inside the window the two agree.)
+  This is ``context_fusion="fused_grid"`` (the default), the formula of docs/method.md §6 and, up to
+  where the window mask is applied, of CLUDA's release (which masks a on the context grid before
+  upsampling: the two differ only on a one-cell band along the window's edges).
+  ``context_fusion="context_grid"`` is the HRDA and MIC releases' order: a is masked on the context
+  grid and (1 - a) multiplies the context logits there, before upsampling::
+
+      fused = up(a * m) * canvas(detail logits) + up((1 - a * m) * context logits)
+
+  (m: the window on the context grid; no mask in inference). Bilinear upsampling of a product is not
+  the product of the upsampled maps, so checkpoints of the HRDA / MIC code reproduce their fused
+  logits only in this order (bench/results/release_compare.md).
 - ``feat_weighter`` (optional, CLUDA): the same kind of head with one output channel and a sigmoid,
   giving the per-pixel weight map w (B, 1, hc, wc) of the learned-weighted contrastive loss; it
   is only used by that loss, so only that loss trains it.
@@ -52,8 +60,8 @@ from .segmentor import SegOutput, Segmentor
 from .sliding import window_starts
 
 __all__ = [
-    "Box", "Boxes", "HRDAOutput", "HRDASegmentor", "crop_to_box", "fuse_scales", "max_entropy_window",
-    "place_in_canvas", "random_window", "window_starts",
+    "Box", "Boxes", "CONTEXT_FUSIONS", "HRDAOutput", "HRDASegmentor", "crop_to_box", "fuse_scales",
+    "max_entropy_window", "place_in_canvas", "random_window", "window_starts",
 ]
 
 Box = tuple[int, int, int, int]
@@ -168,8 +176,12 @@ def place_in_canvas(t: Tensor, grid_box: Boxes, size: Sequence[int]) -> Tensor:
     return F.pad(t[..., : y1 - y0, : x1 - x0], (x0, gw - x1, y0, gh - y1))
 
 
+CONTEXT_FUSIONS = ("fused_grid", "context_grid")
+
+
 def fuse_scales(context_logits: Tensor, detail_canvas: Tensor, attention: Tensor,
-                valid: Tensor) -> tuple[Tensor, Tensor]:
+                valid: Tensor, *, context_fusion: str = "fused_grid",
+                context_valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """HRDA's scale fusion on the full-resolution grid.
 
     Args:
@@ -177,12 +189,27 @@ def fuse_scales(context_logits: Tensor, detail_canvas: Tensor, attention: Tensor
         detail_canvas: (B, C, gh, gw) detail logits placed on the grid (0 where no detail).
         attention: (B, C, hc, wc) scale attention a in (0, 1) (sigmoid already applied).
         valid: (B or 1, 1, gh, gw) 1 where detail logits exist (the window), 0 elsewhere.
+        context_fusion: "fused_grid" (CLUDA's release, docs/method.md §6): the attention is
+            upsampled, masked and both terms weighted on the fused grid; "context_grid" (the
+            HRDA and MIC releases): the attention is masked and ``1 - a`` weights the context
+            logits on the context grid, both are upsampled afterwards.
+        context_valid: ("context_grid") (B or 1, 1, hc, wc) the window on the context grid,
+            None = everywhere (inference).
 
     Returns:
-        fused (B, C, gh, gw) = A * detail_canvas + (1 - A) * up(context_logits), and
-        A = up(attention) * valid; ``up`` is bilinear (align_corners=False) to gh x gw.
+        ``fused_grid``: fused (B, C, gh, gw) = A * detail_canvas + (1 - A) * up(context_logits),
+        A = up(attention) * valid; ``context_grid``: fused = A * detail_canvas +
+        up((1 - a') * context_logits), A = up(a'), a' = attention * context_valid. ``up`` is
+        bilinear (align_corners=False) to gh x gw. Returns (fused, A).
     """
     size = detail_canvas.shape[-2:]
+    if context_fusion == "context_grid":
+        a = attention if context_valid is None else attention * context_valid.to(attention.dtype)
+        ctx = F.interpolate((1 - a) * context_logits, size=size, mode="bilinear", align_corners=False)
+        a = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
+        return a * detail_canvas + ctx, a
+    if context_fusion != "fused_grid":
+        raise ValueError(f"hrda.py: context_fusion={context_fusion!r}, expected one of {CONTEXT_FUSIONS}")
     ctx = F.interpolate(context_logits, size=size, mode="bilinear", align_corners=False)
     a = F.interpolate(attention, size=size, mode="bilinear", align_corners=False) * valid.to(attention.dtype)
     return a * detail_canvas + (1 - a) * ctx, a
@@ -252,6 +279,9 @@ class HRDASegmentor(nn.Module):
         attention_dim: if given, both widths of those two heads (the release's
             ``attention_embed_dim`` = 256, whatever the decoder's width); None = the two above.
         inference_batch: detail windows forwarded together in inference (0 = all at once).
+        context_fusion: "fused_grid" (default; CLUDA's release) or "context_grid" (the HRDA and
+            MIC releases), see :func:`fuse_scales`. Checkpoints of the HRDA / MIC code compute
+            their outputs only with "context_grid" (bench/results/release_compare.md).
 
     ``.encoder`` / ``.decoder`` are the wrapped segmentor's (parameter groups, FD's ImageNet copy).
     """
@@ -261,8 +291,13 @@ class HRDASegmentor(nn.Module):
                  detail_loss_weight: float = 0.1, inference_stride: tuple[int, int] = (256, 256),
                  feat_weighter: bool = False, embed_dim: int = 256, fused_dim: int = 256,
                  attention_dim: int | None = None, dropout: float = 0.1,
-                 inference_batch: int = 0, entropy_per_image: bool = True) -> None:
+                 inference_batch: int = 0, entropy_per_image: bool = True,
+                 context_fusion: str = "fused_grid") -> None:
         super().__init__()
+        if context_fusion not in CONTEXT_FUSIONS:
+            raise ValueError(f"model.hrda.context_fusion={context_fusion!r}, expected one of "
+                             f"{CONTEXT_FUSIONS}")
+        self.context_fusion = context_fusion
         stride = int(segmentor.output_stride)
         if detail_divisible % stride:
             raise ValueError(
@@ -293,7 +328,8 @@ class HRDASegmentor(nn.Module):
     def from_config(cls, segmentor: Segmentor, model_cfg: Any) -> HRDASegmentor:
         """Wrap ``segmentor`` with the settings of a ``ModelConfig`` (its ``hrda`` section,
         ``num_classes``, ``embed_dim``, ``fused_dim``, ``dropout``; ``hrda.attention_dim`` sets the
-        width of the scale-attention and feat_weighter heads)."""
+        width of the scale-attention and feat_weighter heads; ``hrda.context_fusion``, where the
+        config has it, else "fused_grid")."""
         h = model_cfg.hrda
         net = cls(segmentor, model_cfg.num_classes, context_scale=h.context_scale,
                   detail_crop=tuple(h.detail_crop), detail_divisible=h.detail_divisible,
@@ -301,7 +337,8 @@ class HRDASegmentor(nn.Module):
                   inference_stride=tuple(h.inference_stride), feat_weighter=h.feat_weighter,
                   embed_dim=model_cfg.embed_dim, fused_dim=model_cfg.fused_dim,
                   attention_dim=h.attention_dim, dropout=model_cfg.dropout,
-                  entropy_per_image=h.entropy_window_per_image)
+                  entropy_per_image=h.entropy_window_per_image,
+                  context_fusion=getattr(h, "context_fusion", "fused_grid"))
         if getattr(model_cfg, "decoder_init", "torch") == "mmcv":  # the release's ConvModule init
             init_conv_modules(net.scale_attention)
             if net.feat_weighter is not None:
@@ -367,8 +404,23 @@ class HRDASegmentor(nn.Module):
         canvas = place_in_canvas(det.logits, out.grid_box(), grid)
         ones = det.logits.new_ones(((x.shape[0] if _per_image(box) else 1), 1) + det.logits.shape[-2:])
         valid = place_in_canvas(ones, out.grid_box(), grid)
-        out.logits, out.attention = fuse_scales(ctx.logits, canvas, att, valid)
+        cvalid = None
+        if self.context_fusion == "context_grid":  # the window on the context grid, as the release cuts it
+            cstride = self.output_stride / self.context_scale
+            cbox = ([self._context_box(b, cstride) for b in box] if _per_image(box)
+                    else self._context_box(box, cstride))
+            y0, x0, y1, x1 = cbox[0] if _per_image(cbox) else cbox  # per-image boxes share a size
+            cones = att.new_ones(((x.shape[0] if _per_image(box) else 1), 1, y1 - y0, x1 - x0))
+            cvalid = place_in_canvas(cones, cbox, att.shape[-2:])
+        out.logits, out.attention = fuse_scales(ctx.logits, canvas, att, valid,
+                                                context_fusion=self.context_fusion, context_valid=cvalid)
         return out
+
+    @staticmethod
+    def _context_box(box: Box, stride: float) -> Box:
+        """A detail window in input pixels -> context-grid cells (truncated, as the release's
+        ``scale_box``), for the "context_grid" fusion."""
+        return tuple(int(v / stride) for v in box)  # type: ignore[return-value]
 
     def predict(self, x: Tensor, *, return_stages: bool = False) -> HRDAOutput:
         """HRDA inference on x (B, 3, H, W): whole context + overlapping detail windows, averaged.
@@ -396,7 +448,8 @@ class HRDASegmentor(nn.Module):
                 summed = summed + place_in_canvas(logits[k * x.shape[0] : (k + 1) * x.shape[0]], gb, grid)
                 count = count + place_in_canvas(ones, gb, grid)
         detail = summed / count.clamp_min(1)
-        fused, a = fuse_scales(ctx.logits, detail, att, (count > 0).to(att.dtype))
+        fused, a = fuse_scales(ctx.logits, detail, att, (count > 0).to(att.dtype),
+                               context_fusion=self.context_fusion)
         return HRDAOutput(fused, ctx.fused, ctx.stages if return_stages else None, ctx.embedding,
                           context_logits=ctx.logits, detail_logits=detail, attention=a,
                           weight_map=wmap, stride=s)
