@@ -453,23 +453,16 @@ def _interior_mask(shape, box, stride: int = 4):
 def _load_variants(cluda_kit, ckpt: Path, which: str, info: dict):
     """(variant name, kit model) pairs: the preset as ``load_model`` builds it and, where the
     preset's HRDA fusion is not the release's (the HRDA and MIC code weight the context on the
-    context grid), the same checkpoint with ``context_fusion="context_grid"``: through the
-    override ``model.hrda.context_fusion`` where the kit's config has it, else set on the network."""
-    from cluda_kit.config import ConfigError
-
+    context grid), the same checkpoint with the release's ``model.hrda.context_fusion``."""
     teacher = which == "teacher"
     model = cluda_kit.load_model(ckpt, teacher=teacher, config=info["preset"], overrides=info["kit_overrides"])
     yield "preset", model
     want = RELEASE_FUSION.get(info["release"]) if info["hrda"] else None
     if want is None or getattr(model.net, "context_fusion", want) == want:
         return
-    try:
-        other = cluda_kit.load_model(ckpt, teacher=teacher, config=info["preset"],
-                                     overrides=[*info["kit_overrides"], f"model.hrda.context_fusion={want}"])
-        yield f"preset + model.hrda.context_fusion={want}", other
-    except ConfigError:
-        model.net.context_fusion = want
-        yield f"preset + net.context_fusion={want} (the config has no model.hrda.context_fusion yet)", model
+    other = cluda_kit.load_model(ckpt, teacher=teacher, config=info["preset"],
+                                 overrides=[*info["kit_overrides"], f"model.hrda.context_fusion={want}"])
+    yield f"preset + model.hrda.context_fusion={want}", other
 
 
 def check(out: Path, families: list[str]) -> int:
@@ -632,18 +625,17 @@ def _write_results(results: list[dict], infos: dict, failures: list[dict], known
                      f"{r['unfilled_kit_entries']} | {ok} |")
     variants = sorted({(r["family"], r["variant"]) for r in results if r["variant"] != "preset"})
     lines += ["", "Notes:", ""]
-    if variants or known:
-        lines += [
-            "- HRDA's scale fusion: CLUDA's release computes `up(a)*detail + (1 - up(a))*up(context)`",
-            "  (the kit's `context_fusion=\"fused_grid\"`, its default); the HRDA and MIC releases compute",
-            "  `up(a)*detail + up((1 - a)*context)`, the context weighted before upsampling",
-            "  (`context_fusion=\"context_grid\"`, added to `cluda_kit/models/hrda.py` for this). Bilinear",
-            "  upsampling of a product is not the product of the upsampled maps, so the HRDA and MIC",
-            "  checkpoints reproduce the release's fused logits only with `context_grid`. Rows with the",
-            "  kit fusion `fused_grid` for those families are the presets as they are (known gap); the",
-            "  second set of rows is the same checkpoint with " + "; ".join(
-                f"{f}: `{v}`" for f, v in variants) + ".",
-        ]
+    lines += [
+        "- HRDA's scale fusion: CLUDA's release computes `up(a)*detail + (1 - up(a))*up(context)`",
+        "  (`model.hrda.context_fusion: fused_grid`, the kit's default and `gta2cs_hrda_cluda`'s); the",
+        "  HRDA and MIC releases compute `up(a)*detail + up((1 - a)*context)`, the context weighted",
+        "  before upsampling (`context_grid`, set in `gta2cs_hrda` and so in `gta2cs_hrda_mic`).",
+        "  Bilinear upsampling of a product is not the product of the upsampled maps, so a checkpoint",
+        "  reproduces its release's fused logits only in its release's order; the column `kit fusion`",
+        "  gives the order of each row."]
+    if variants:
+        lines += ["- Rows of a preset whose order is not its release's are known gaps; the second set of",
+                  "  rows is the same checkpoint with " + "; ".join(f"{f}: `{v}`" for f, v in variants) + "."]
     lines += [
               "- `train_fused_logits` (HRDA's fused logits with a training window) under the kit's",
               "  `fused_grid` fusion is compared off the one-cell band along the window's edges: CLUDA's",

@@ -91,6 +91,9 @@ class HRDAConfig:
     attention_dim: int | None = 256  # width (per-level embedding and fused channels) of the scale
     # attention and feat_weighter heads: the release's attention_embed_dim; None = the decoder's
     # model.embed_dim and model.fused_dim
+    context_fusion: str = "fused_grid"  # where the scale attention weights the context logits:
+    # fused_grid = after upsampling (CLUDA's release, docs/method.md §6); context_grid = before
+    # upsampling, on the context grid (the HRDA and MIC releases; gta2cs_hrda, gta2cs_hrda_mic)
 
 
 @dataclass(frozen=True)
@@ -443,6 +446,7 @@ _CHOICES = {
     "train.amp": ("auto", "bf16", "fp16", "none"),
     "optim.no_decay_rule": ("release", "norm_layers"),
     "train.eval_mode": ("whole", "slide"),
+    "model.hrda.context_fusion": ("fused_grid", "context_grid"),
     "train.compile_scope": ("student", "encoder"),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "data.source.name": ("miniscapes", "gta", "synthia", "cityscapes", "folder"),

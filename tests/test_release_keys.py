@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from cluda_kit.config import load_config
+from cluda_kit.config import ConfigError, load_config
 from cluda_kit.models import build_segmentor
 from cluda_kit.models.hrda import CONTEXT_FUSIONS, HRDASegmentor, fuse_scales
 from cluda_kit.models.weights import load_pretrained, to_kit_layout
@@ -198,5 +198,15 @@ def test_context_fusion_choices():
     t = torch.zeros(1, 1, 2, 2)
     with pytest.raises(ValueError, match="context_fusion"):
         fuse_scales(t, torch.zeros(1, 1, 4, 4), t, torch.ones(1, 1, 4, 4), context_fusion="before")
-    cfg = load_config("gta2cs_hrda", ["model.pretrained="])
-    assert getattr(cfg.model.hrda, "context_fusion", "fused_grid") in CONTEXT_FUSIONS
+    assert set(CONTEXT_FUSIONS) == {"fused_grid", "context_grid"}
+    with pytest.raises(ConfigError, match="model.hrda.context_fusion"):
+        load_config("gta2cs_hrda", ["model.hrda.context_fusion=before"])
+
+
+@pytest.mark.parametrize("preset, fusion", [
+    ("gta2cs_hrda", "context_grid"), ("gta2cs_hrda_mic", "context_grid"),  # the HRDA and MIC releases
+    ("gta2cs_hrda_cluda", "fused_grid"), ("synthia2cs_hrda_cluda", "fused_grid"),  # CLUDA's release
+    ("gta2cs_hrda_cluda_reference", "fused_grid"), ("miniscapes_hrda_cluda", "fused_grid")])
+def test_each_hrda_preset_fuses_in_its_releases_order(preset, fusion):
+    assert load_config(preset).model.hrda.context_fusion == fusion
+    assert _network(preset).context_fusion == fusion  # the network load_model builds

@@ -328,8 +328,8 @@ class HRDASegmentor(nn.Module):
     def from_config(cls, segmentor: Segmentor, model_cfg: Any) -> HRDASegmentor:
         """Wrap ``segmentor`` with the settings of a ``ModelConfig`` (its ``hrda`` section,
         ``num_classes``, ``embed_dim``, ``fused_dim``, ``dropout``; ``hrda.attention_dim`` sets the
-        width of the scale-attention and feat_weighter heads; ``hrda.context_fusion``, where the
-        config has it, else "fused_grid")."""
+        width of the scale-attention and feat_weighter heads; ``hrda.context_fusion`` the order of
+        the scale fusion)."""
         h = model_cfg.hrda
         net = cls(segmentor, model_cfg.num_classes, context_scale=h.context_scale,
                   detail_crop=tuple(h.detail_crop), detail_divisible=h.detail_divisible,
@@ -338,7 +338,7 @@ class HRDASegmentor(nn.Module):
                   embed_dim=model_cfg.embed_dim, fused_dim=model_cfg.fused_dim,
                   attention_dim=h.attention_dim, dropout=model_cfg.dropout,
                   entropy_per_image=h.entropy_window_per_image,
-                  context_fusion=getattr(h, "context_fusion", "fused_grid"))
+                  context_fusion=h.context_fusion)
         if getattr(model_cfg, "decoder_init", "torch") == "mmcv":  # the release's ConvModule init
             init_conv_modules(net.scale_attention)
             if net.feat_weighter is not None:
