@@ -292,11 +292,9 @@ class LinkedExplorer:
 
     def png(self, dpi: int = 100) -> bytes:
         """The current views as PNG bytes (what :meth:`export_png` writes)."""
-        import io
+        from cluda_kit.analysis.plots import figure_png
 
-        buf = io.BytesIO()
-        self.figure(dpi).savefig(buf, format="png", bbox_inches="tight")
-        return buf.getvalue()
+        return figure_png(self.figure(dpi), dpi=dpi)
 
     def figure(self, dpi: int = 100):
         """The current views (shown classes and domains, colour, selection highlighted) as a
@@ -457,14 +455,14 @@ class LinkedExplorer:
         self._panel.value = self._gallery_html() if len(self.selected) and self.images is not None else ""
 
     def _gallery_html(self, limit: int = 24) -> str:
-        import io
+        from cluda_kit.analysis.plots import figure_png
 
-        buf = io.BytesIO()
-        self.gallery_figure(limit).savefig(buf, format="png", bbox_inches="tight")
+        fig = self.gallery_figure(limit)
+        png = figure_png(fig, dpi=fig.dpi)
         shown = min(limit, len(self.selected))
         return (f"<div>the crops of the first {shown} of {len(self.selected)} selected points (+ = the pixel; "
                 f"class, then each model's prediction: {' / '.join(self.models)})</div>"
-                f'<img src="data:image/png;base64,{_base64(buf.getvalue())}" '
+                f'<img src="data:image/png;base64,{_base64(png)}" '
                 f'alt="gallery of the selected points">')
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:

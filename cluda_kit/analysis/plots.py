@@ -25,6 +25,7 @@ __all__ = [
     "class_legend",
     "confidence_map",
     "debug_figure",
+    "figure_png",
     "image_grid",
     "mix_grid",
     "overlay",
@@ -546,3 +547,12 @@ def uda_step_diagram(*, figsize: tuple[float, float] = (11.0, 6.2)) -> Figure:
                for f, s, lab in _STEP_KINDS.values()]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     return fig
+
+
+def figure_png(fig: Figure, dpi: float = 100) -> bytes:
+    """Render a matplotlib Figure to PNG bytes (no pyplot, no global state)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Iterable, Mapping, Sequence
 
 import ipywidgets as w
@@ -21,16 +20,10 @@ from matplotlib.lines import Line2D
 
 from cluda_kit.analysis.embedding import METHODS, embed
 from cluda_kit.analysis.features import FeatureSet
+from cluda_kit.analysis.plots import figure_png
 
 _MARKERS = ("o", "^", "s", "D", "v", "P")
 _ALPHAS = (0.45, 0.85, 0.65, 0.65, 0.65, 0.65)
-
-
-def figure_png(fig: Figure, dpi: int = 100) -> bytes:
-    """Render a matplotlib Figure to PNG bytes (no pyplot, no global state)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    return buf.getvalue()
 
 
 class _BoxedWidget:
