@@ -255,9 +255,17 @@ def test_linked_explorer_zoom_lasso_gallery_and_linked_highlight(notebook_06):
     box.scroll_into_view_if_needed()
     (view1, b1), (view2, b2) = _views(box, sync_api)
     cx, cy = b1["x"] + b1["width"] / 2, b1["y"] + b1["height"] / 2
-    # a double click deselects (regl-scatterplot); the kernel clears the gallery
-    page.mouse.dblclick(cx, cy)
-    sync_api.expect(status).to_contain_text(re.compile(r"\b0 selected"), timeout=60_000)
+    # a double click deselects (regl-scatterplot); the kernel clears the gallery. On a loaded machine
+    # the browser can take the two clicks for two single ones, so the double click is retried
+    for attempt in range(3):
+        page.mouse.dblclick(cx, cy)
+        try:
+            sync_api.expect(status).to_contain_text(re.compile(r"\b0 selected"), timeout=20_000)
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
+            page.wait_for_timeout(1000)
     sync_api.expect(box.locator(".cluda-gallery img")).to_have_count(0, timeout=60_000)
     page.wait_for_timeout(500)
     before1, before2 = view1.screenshot(), view2.screenshot()
