@@ -85,16 +85,25 @@ def run_in_subprocess(src: Path | None, env_extra: dict[str, str], overrides: tu
     ``src`` (None: this checkout)."""
     env = dict(os.environ)
     env.update(env_extra)
-    path = [str(src)] if src is not None else []
-    env["PYTHONPATH"] = os.pathsep.join(path + [str(REPO)] + [env.get("PYTHONPATH", "")])
-    code = ("import json, sys; from bench.step import loss_trajectory_and_time as f; "
-            f"print('@@' + json.dumps(f({preset!r}, {loss_steps}, {time_steps}, 0, {tuple(overrides)!r})))")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    # ``src`` goes first on sys.path, before the working directory that ``python -c`` puts there
+    # (and before the editable install): PYTHONPATH alone loses to both
+    first = str(src.resolve()) if src is not None else str(REPO)
+    code = (f"import json, sys; sys.path.insert(0, {first!r}); import cluda_kit; "
+            "from bench.step import loss_trajectory_and_time as f; "
+            f"r = f({preset!r}, {loss_steps}, {time_steps}, 0, {tuple(overrides)!r}); "
+            "r['cluda_kit'] = cluda_kit.__file__; print('@@' + json.dumps(r))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          cwd=str(REPO))
     if out.returncode != 0:
         raise RuntimeError(f"bench/step.py worker failed:\n{out.stderr[-3000:]}")
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("@@")][-1]
-    return json.loads(line[2:])
+    result = json.loads(line[2:])
+    expected = Path(first) / "cluda_kit"
+    if Path(result["cluda_kit"]).resolve().parent != expected.resolve():
+        raise RuntimeError(f"bench/step.py worker imported {result['cluda_kit']}, not the package "
+                           f"in {expected}")
+    return result
 
 
 def compare_losses(old: list[dict], new: list[dict], rtol: float = 1e-4, atol: float = 1e-6) -> list[str]:
@@ -165,6 +174,7 @@ def check(args) -> int:
         summary[name] = {"median_step_s": statistics.median(t for r in rs for t in r["step_times_s"]),
                          "median_cpu_s": statistics.median(t for r in rs for t in r["step_cpu_s"]),
                          "per_run_median_s": [r["median_step_s"] for r in rs],
+                         "cluda_kit": rs[0]["cluda_kit"],
                          "loadavg": [r["loadavg"] for r in rs]}
     if base is not None:
         print(f"step time: recorded baseline {base['median_step_s']:.3f} s (load {base['loadavg']})")

@@ -215,6 +215,9 @@ class TrainConfig:
     compile_scope: str = "student"  # student: its whole segmentor (encoder + decoder) | encoder
     compile_mode: str = "default"  # torch.compile mode; reduce-overhead adds CUDA graphs (static crops)
     threads: int | None = None  # torch CPU threads (None = torch default)
+    # CPU: the teacher's pass and the source backward on a second thread, beside the student's
+    # forwards (bit-identical steps; engine/overlap.py); off on a GPU, under DDP or torch.compile
+    overlap: bool = False
 
 
 @dataclass(frozen=True)

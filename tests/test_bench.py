@@ -170,3 +170,25 @@ def test_readme_paper_preset_table_is_what_bench_presets_prints():
     assert table() in readme
     paper = {p for p in preset_names() if not p.startswith("miniscapes")}
     assert set(PAPER) == paper, "every paper preset has a row (PAPER in bench/presets.py)"
+
+
+def test_step_worker_times_the_package_it_is_given_not_the_checkout(tmp_path):
+    """``bench.step --baseline-src DIR`` must time DIR/cluda_kit: ``python -c`` puts the working
+    directory (this checkout) first on sys.path, ahead of PYTHONPATH, which once made the "old"
+    code of a same-run comparison the new code."""
+    import shutil
+
+    from bench.step import REPO, run_in_subprocess
+
+    shutil.copytree(REPO / "cluda_kit", tmp_path / "cluda_kit",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    marker = tmp_path / "cluda_kit" / "__init__.py"
+    marker.write_text(marker.read_text() + "\nCOPY_MARKER = True\n")
+    r = run_in_subprocess(tmp_path, {"OMP_WAIT_POLICY": "PASSIVE"}, ("train.overlap=false",),
+                          loss_steps=1, time_steps=0, preset="miniscapes_tiny")
+    assert Path(r["cluda_kit"]).resolve() == marker.resolve()
+    assert len(r["losses"]) == 1
+    here = run_in_subprocess(None, {"OMP_WAIT_POLICY": "PASSIVE"}, ("train.overlap=false",),
+                             loss_steps=1, time_steps=0, preset="miniscapes_tiny")
+    assert Path(here["cluda_kit"]).resolve() == (REPO / "cluda_kit" / "__init__.py").resolve()
+    assert here["losses"] == r["losses"]  # the same code gives the same first step

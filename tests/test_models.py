@@ -309,30 +309,20 @@ def test_channels_last_matches_contiguous():
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
 
 
-def test_mit_maps_follow_the_image_layout():
-    """Every map MiT convolves or returns is laid out like the image: contiguous for an ordinary
-    image (SegFormer's nlc_to_nchw), channels-last for a channels-last one. The tokens' strided
-    view must not reach the convolutions (it made the decoder's dilated depthwise convs 2-3x slower
-    on a CPU). Values do not depend on the layout."""
+def test_mit_maps_are_the_tokens_channels_last_views():
+    """MiT hands the decoder its tokens' memory seen as maps (channels-last strides, no copy),
+    whatever the image's layout: on a CPU the decoder is faster on them than on contiguous
+    copies (bench/README.md). Values do not depend on the image's layout."""
     torch.manual_seed(0)
     enc = mit("mit_nano").eval()
-    seen: list[torch.Tensor] = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
-             for m in enc.modules() if isinstance(m, torch.nn.Conv2d)]
     x = torch.randn(2, 3, 64, 96)
     results = {}
     for fmt in (torch.contiguous_format, torch.channels_last):
-        seen.clear()
         with torch.no_grad():
             results[fmt] = enc(x.contiguous(memory_format=fmt))
-        # 4 patch embeddings + 4 depthwise convs + the 3 spatial-reduction convs of mit_nano
-        assert len(seen) == 11
-        for t in seen + results[fmt]:
-            assert t.is_contiguous(memory_format=fmt), (fmt, tuple(t.shape), t.stride())
-        for t in results[fmt] if fmt == torch.channels_last else ():
-            assert not t.is_contiguous(), tuple(t.shape)  # truly channels-last, not both
-    for hook in hooks:
-        hook.remove()
+        for t in results[fmt]:
+            assert t.is_contiguous(memory_format=torch.channels_last), (fmt, tuple(t.shape), t.stride())
+            assert not t.is_contiguous(), tuple(t.shape)
     for a, b in zip(results[torch.contiguous_format], results[torch.channels_last]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 

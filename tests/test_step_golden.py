@@ -92,6 +92,14 @@ def test_golden_covers_every_case(golden):
         assert case["overrides"] == CASES[name], f"{name}: the overrides changed since the capture"
 
 
+#: relative tolerance by step. The first step differs only by rounding (< 1e-6 between an AVX2
+#: and an AVX-512 CPU); from the second on, a pixel that crosses a threshold (pseudo-label
+#: confidence, FD cell purity, anchor sampling) amplifies that rounding: up to 1.2e-3
+#: (deeplabv2_cluda's cl_mix at step 1, AVX-512 EPYC against the AVX2 capture, 2026-12-04).
+#: A change of behaviour moves step 0 by far more than 1e-4, or later steps by far more than 5e-3.
+RTOL = (1e-4, 5e-3, 5e-3)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_step_losses_equal_the_capture(golden, name):
     want = golden["cases"][name]["values"]
@@ -100,5 +108,5 @@ def test_step_losses_equal_the_capture(golden, name):
     for step, (g, w) in enumerate(zip(got, want)):
         assert sorted(g) == sorted(w), f"{name} step {step}: logged terms {sorted(g)} vs {sorted(w)}"
         for key in w:
-            assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-6), (
+            assert g[key] == pytest.approx(w[key], rel=RTOL[step], abs=1e-6), (
                 f"{name} step {step}: {key} = {g[key]!r}, captured {w[key]!r}")

@@ -10,7 +10,9 @@ iteration:
     through the GradScaler, which skips and counts a step with inf/NaN gradients) -> BatchNorm
     statistics averaged over DDP ranks
 
-and around the loop: evaluation and checkpoints on schedule, logging (metrics.jsonl,
+With ``train.overlap`` (CPU) the teacher's pass and every backward but the last run on a second
+thread beside the next forward (:mod:`cluda_kit.engine.overlap`; the same numbers, bit for bit).
+And around the loop: evaluation and checkpoints on schedule, logging (metrics.jsonl,
 TensorBoard, callbacks), resume. Precision: ``train.amp`` resolved for the device by
 :func:`cluda_kit.runtime.resolve_precision` (``Trainer.precision``, also in meta.json and
 summary.json). TensorBoard tags: :meth:`Trainer._tensorboard_record`. Checkpoint files:
@@ -75,6 +77,7 @@ from .distributed import Distributed
 from .evaluate import evaluate as run_evaluation
 from .evaluate import SUBSET_MIOUS, format_iou_table, subset_mious
 from .guard import NonFiniteGuard, NonFiniteLossError
+from .overlap import Overlap, overlap_unavailable
 from .optim import lr_at, param_groups
 
 __all__ = ["Trainer", "StepResult", "NonFiniteLossError", "CheckpointError", "load_checkpoint",
@@ -116,6 +119,11 @@ def _call(callbacks: list, hook: str, *args: Any) -> None:
             fn = cb
         if fn is not None:
             fn(*args)
+
+
+def _backward(loss: torch.Tensor) -> None:
+    with _phase("step/backward"):
+        loss.backward()
 
 
 # ------------------------------------------------------------------------------------ trainer
@@ -187,6 +195,11 @@ class Trainer:
         # randomness of the UDA step (mixing, augmentation, anchor sampling): one generator,
         # saved in checkpoints, so that a resumed run draws the same numbers
         self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000003 + self.dist.rank)
+        # train.overlap: the teacher's pass and a pass's backward on a second CPU thread
+        why_not = overlap_unavailable(self.device.type, self.ddp.enabled, self.compiled)
+        if cfg.train.overlap and why_not and self.dist.is_main:
+            print(f"train.overlap is off: {why_not}", flush=True)
+        self.overlap = Overlap(enabled=bool(cfg.train.overlap) and why_not is None)
 
         # data
         self.source = engine_data.train_stream(cfg, domain="source", rank=self.dist.rank,
@@ -298,6 +311,7 @@ class Trainer:
             autocast=partial(autocast, self.device, self.amp_dtype),
             channels_last=self.cfg.model.channels_last, world_size=self.dist.world_size,
             mean_over_ranks=self.ddp.mean_over_ranks, gather=self.ddp.gather,
+            background=self.overlap.submit,
         )
 
     def _batch(self, stream) -> dict[str, torch.Tensor]:
@@ -352,24 +366,35 @@ class Trainer:
         passes = self.method.passes
         self.ddp.set_grad_sync(passes == 1)  # DDP reduces in the last pass only (set before its forward)
         groups = self.method.step(self.context(), source, target if self.target is not None else None)
-        for k, group in enumerate(groups):
-            if k >= passes:
-                raise RuntimeError(f"{type(self.method).__name__}.step yielded more loss groups than "
-                                   f"its passes={passes}")
-            last = k == passes - 1
-            stats.update(group.logs)
-            if not self._check_finite(group.terms):
-                groups.close()
-                self.optimizer.zero_grad(set_to_none=True)
-                return StepResult(self._finish_step(skipped=True), stats)
-            with _phase("step/backward"):
+        backward_done: Callable[[], Any] | None = None  # train.overlap: a pass's backward in flight
+        try:
+            for k, group in enumerate(groups):
+                if k >= passes:
+                    raise RuntimeError(f"{type(self.method).__name__}.step yielded more loss groups "
+                                       f"than its passes={passes}")
+                last = k == passes - 1
+                stats.update(group.logs)
+                if backward_done is not None:  # gradients accumulate in the sequential order
+                    backward_done()
+                    backward_done = None
+                if not self._check_finite(group.terms):
+                    groups.close()
+                    self.overlap.drain()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return StepResult(self._finish_step(skipped=True), stats)
                 touch = self.ddp.touch(*group.outputs) if last else 0.0
                 loss = sum(group.terms.values()) + touch
                 # fp16: every pass scaled by the one GradScaler, unscaled once in its step
-                (loss if self.scaler is None else self.scaler.scale(loss)).backward()
-            terms.update(group.terms)
-            del group, loss
-            self.ddp.set_grad_sync(k + 1 == passes - 1)
+                loss = loss if self.scaler is None else self.scaler.scale(loss)
+                if self.overlap.enabled and not last:  # runs beside the next pass's forward
+                    backward_done = self.overlap.submit(_backward, loss)
+                else:
+                    _backward(loss)
+                terms.update(group.terms)
+                del group, loss
+                self.ddp.set_grad_sync(k + 1 == passes - 1)
+        finally:  # nothing of this step may still run when the optimiser or the next EMA update does
+            self.overlap.drain()
 
         with _phase("step/optimizer"):
             if self.scaler is None:

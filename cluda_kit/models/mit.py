@@ -17,11 +17,10 @@ Architecture (SegFormer, Xie et al. 2021):
   rises linearly over all blocks from 0 to ``drop_path_rate``;
 - a LayerNorm (eps 1e-6) closes every stage.
 
-Memory layout: tokens (B, N, C) seen as a map are channels-last strided views. Every map the
-encoder convolves or returns is laid out like its input image: contiguous (B, C, h, w) for an
-ordinary image, as SegFormer's ``nlc_to_nchw`` does, and channels-last for a channels-last one
-(``model.channels_last``). The strided view is not left to the convolutions: on a CPU the whole
-demo step was 8 % slower with it (bench/README.md, "The encoder's maps in the tokens' layout").
+Memory layout: the maps are the tokens' (B, N, C) memory seen as (B, C, h, w), strided views
+without a copy, i.e. channels-last, so the decoder runs channels-last. Contiguous copies (SegFormer's
+``nlc_to_nchw``) made the CPU demo step 12 % slower in a same-run comparison (bench/README.md,
+"The encoder's maps in the tokens' layout").
 
 Parameter names follow SegFormer's ``mit_b*.pth`` key layout (``patch_embed1.proj``,
 ``block1.0.attn.q``, ``.kv``, ``.sr``, ``.norm``, ``.proj``, ``mlp.fc1``, ``mlp.dwconv.dwconv``,
@@ -70,22 +69,6 @@ MIT_SPECS: dict[str, MiTSpec] = {
 }
 
 
-def image_memory_format(x: Tensor) -> torch.memory_format:
-    """``torch.channels_last`` for a channels-last (B, C, H, W) tensor that is not also
-    contiguous, else ``torch.contiguous_format``."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def tokens_to_map(x: Tensor, h: int, w: int,
-                  memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
-    """Tokens (B, h*w, C) -> map (B, C, h, w) laid out in ``memory_format`` (a copy unless the
-    channels-last view already is)."""
-    b, n, c = x.shape
-    return x.transpose(1, 2).reshape(b, c, h, w).contiguous(memory_format=memory_format)
-
-
 class OverlapPatchEmbed(nn.Module):
     """Strided conv + LayerNorm: (B, C_in, H, W) -> tokens (B, h*w, D), h, w."""
 
@@ -119,13 +102,12 @@ class EfficientSelfAttention(nn.Module):
             self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
             self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: Tensor, h: int, w: int,
-                memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         b, n, d = x.shape
         head_dim = d // self.num_heads
         q = self.q(x).view(b, n, self.num_heads, head_dim).transpose(1, 2)
         if self.sr_ratio > 1:
-            reduced = self.sr(tokens_to_map(x, h, w, memory_format))
+            reduced = self.sr(x.transpose(1, 2).reshape(b, d, h, w))
             x = self.norm(reduced.flatten(2).transpose(1, 2))
         # kv output channels: first D are keys, last D values (SegFormer's layout)
         k, v = self.kv(x).view(b, -1, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -140,9 +122,9 @@ class DWConv(nn.Module):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
 
-    def forward(self, x: Tensor, h: int, w: int,
-                memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
-        return self.dwconv(tokens_to_map(x, h, w, memory_format)).flatten(2).transpose(1, 2)
+    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
+        b, n, c = x.shape
+        return self.dwconv(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
 
 
 class MixFFN(nn.Module):
@@ -155,9 +137,8 @@ class MixFFN(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor, h: int, w: int,
-                memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
-        return self.fc2(self.act(self.dwconv(self.fc1(x), h, w, memory_format)))
+    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
+        return self.fc2(self.act(self.dwconv(self.fc1(x), h, w)))
 
 
 class MiTBlock(nn.Module):
@@ -172,10 +153,9 @@ class MiTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MixFFN(dim, dim * mlp_ratio)
 
-    def forward(self, x: Tensor, h: int, w: int,
-                memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), h, w, memory_format))
-        return x + self.drop_path(self.mlp(self.norm2(x), h, w, memory_format))
+    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
+        return x + self.drop_path(self.mlp(self.norm2(x), h, w))
 
 
 class MixTransformer(nn.Module):
@@ -209,18 +189,17 @@ class MixTransformer(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         b = x.shape[0]
-        fmt = image_memory_format(x)
         outs = []
         use_ckpt = self.activation_checkpointing and torch.is_grad_enabled()
         for i in range(1, 5):
             tokens, h, w = getattr(self, f"patch_embed{i}")(x)
             for blk in getattr(self, f"block{i}"):
                 if use_ckpt:
-                    tokens = checkpoint(blk, tokens, h, w, fmt, use_reentrant=False)
+                    tokens = checkpoint(blk, tokens, h, w, use_reentrant=False)
                 else:
-                    tokens = blk(tokens, h, w, fmt)
+                    tokens = blk(tokens, h, w)
             tokens = getattr(self, f"norm{i}")(tokens)
-            x = tokens_to_map(tokens, h, w, fmt)
+            x = tokens.transpose(1, 2).reshape(b, -1, h, w)
             outs.append(x)
         return outs
 

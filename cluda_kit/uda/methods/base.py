@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ...data.transforms import normalize
 
-__all__ = ["StepContext", "LossGroup", "Method", "phase"]
+__all__ = ["StepContext", "LossGroup", "Method", "phase", "deferred"]
 
 #: named ranges of the step ("step/<name>"), aggregated by bench/step.py; free without a profiler
 def phase(name: str):
@@ -34,6 +34,19 @@ def phase(name: str):
 
 def _identity(t: Any, *_: Any) -> Any:
     return t
+
+
+def deferred(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[], Any]:
+    """``fn(*args, **kwargs)`` computed on the first call of the returned callable (later calls
+    return the same result): :attr:`StepContext.background` without a background thread."""
+    result: list[Any] = []
+
+    def get() -> Any:
+        if not result:
+            result.append(fn(*args, **kwargs))
+        return result[0]
+
+    return get
 
 
 @dataclass
@@ -55,6 +68,11 @@ class StepContext:
         mean_over_ranks: ``t -> t`` averaged over the ranks in place (identity without DDP).
         gather: ``gather(t, differentiable=False)``: ``t`` of every rank concatenated along the
             batch when ``loss.contrastive.gather_negatives`` is on under DDP, else ``t``.
+        background: ``background(fn, *args, **kw) -> get``: work that does not depend on the
+            student's passes of this step (the teacher's pseudo-labels). With ``train.overlap``
+            it starts now on a second CPU thread and ``get()`` waits for it; otherwise it runs
+            when ``get()`` is first called. ``fn`` must not draw from ``ctx.generator`` or the
+            global random state, nor change anything the main thread reads.
     """
 
     iter: int
@@ -69,6 +87,7 @@ class StepContext:
     world_size: int = 1
     mean_over_ranks: Callable[[Tensor], Tensor] = _identity
     gather: Callable[..., Tensor | None] = _identity
+    background: Callable[..., Callable[[], Any]] = deferred
 
     def forward(self, model: nn.Module, images: Tensor, *, normalized: bool = False, **kw: Any):
         """``model`` on ``images`` (B, 3, H, W): float [0, 1] images are normalised first (not

@@ -52,6 +52,13 @@ class DACS(SourceOnly):
     def step(self, ctx: StepContext, source: dict[str, Tensor],
              target: Callable[[], dict[str, Tensor]]) -> Iterator[LossGroup]:
         ys = source["label"]
+        if self.self_training:  # 4. the teacher's pseudo-labels need nothing of this step's
+            # student: with train.overlap they are computed beside the source pass, on a second
+            # CPU thread; otherwise when asked for, after the source backward
+            tgt = target()
+            xt = tgt["image"]
+            teacher = ctx.background(self._teacher_pass, ctx, xt,
+                                     tgt["label"] if self.frame_margins else None)
         # 1. the source pass (under DDP its gradients are reduced with the mixed pass's)
         out, terms, xs = self.source_pass(ctx, source)
         terms.update(self.source_terms(ctx, out, xs, ys))
@@ -61,11 +68,8 @@ class DACS(SourceOnly):
         yield LossGroup(terms, outputs=(out,))
         del out
 
-        tgt = target()
-        xt = tgt["image"]
         # 4. pseudo-labels from the teacher
-        with torch.no_grad(), phase("teacher"):
-            pl, pw = self.pseudo_labels(ctx, xt, frame_mask=tgt["label"] if self.frame_margins else None)
+        pl, pw = teacher()
         # 5-6. ClassMix + strong augmentation
         with phase("mix_augment"):
             m = class_mix_masks(ys, per_image=self.mix_per_image, generator=ctx.generator).to(ctx.device)
@@ -92,6 +96,10 @@ class DACS(SourceOnly):
     def mix_terms(self, ctx: StepContext, out, y_mix: Tensor, w_mix: Tensor) -> dict[str, Tensor]:
         """Loss terms of the mixed pass besides CE (none in DACS)."""
         return {}
+
+    def _teacher_pass(self, ctx: StepContext, xt: Tensor, frame_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        with torch.no_grad(), phase("teacher"):
+            return self.pseudo_labels(ctx, xt, frame_mask=frame_mask)
 
     @torch.no_grad()
     def pseudo_labels(self, ctx: StepContext, xt: Tensor,
