@@ -66,7 +66,8 @@ def step_table(result: dict) -> str:
     quick = bool(result["overrides"])
     cols = [c for c in (*PHASES, "other") if any(c in r["phases_ms"] for r in rows)]
     lines = [f"Median step (ms) and mean ms per phase over {steps} profiled steps after {warmup} "
-             f"warm-up steps, demo model{' (quick sizes)' if quick else ''}:", "",
+             f"warm-up steps, demo model{' (quick sizes)' if quick else ''}, the phases one after "
+             "another (train.overlap off):", "",
              "| preset | step | " + " | ".join(cols) + " | data share |",
              "|---|---:|" + "---:|" * len(cols) + "---:|"]
     for r in rows:

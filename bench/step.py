@@ -125,10 +125,12 @@ def compare_losses(old: list[dict], new: list[dict], rtol: float = 1e-4, atol: f
 def phase_breakdown(preset: str, steps: int = 5, warmup: int = 2,
                     overrides: tuple[str, ...] = ()) -> dict:
     """Mean milliseconds per step of each ``step/<phase>`` range (and of the whole step) over a
-    ``torch.profiler`` run of ``steps`` steps after ``warmup`` unprofiled ones."""
+    ``torch.profiler`` run of ``steps`` steps after ``warmup`` unprofiled ones. The phases run
+    one after another (``train.overlap=false``: the profiler does not follow the overlap's second
+    thread, and the breakdown is of the work, not of the wall time)."""
     from torch.profiler import ProfilerActivity, profile
 
-    trainer = build_trainer(preset, 0, overrides)
+    trainer = build_trainer(preset, 0, (*overrides, "train.overlap=false"))
     for _ in range(warmup):
         trainer.step()
     wall = []

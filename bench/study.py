@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", nargs="+", help="train only these arms (the tables use every finished run)")
     ap.add_argument("--seeds", nargs="+", type=int, help="train only these seeds")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (threads split evenly)")
+    ap.add_argument("--threads", type=int, help="torch threads per run (default: the CPUs split "
+                    "evenly between the jobs; 1 for one job of a preset with train.overlap)")
     ap.add_argument("--render", action="store_true", help="no training: tables from finished runs")
     ap.add_argument("--reuse", type=Path, help="an earlier OUT.json: (arm, seed)s without a run "
                     "directory take their results from it instead of training")
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_study(args.study)
     spec["file"] = str(args.study)
     all_arms, all_seeds = list(spec["arms"]), list(spec["seeds"])
-    threads = max(1, (os.cpu_count() or 2) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 2) // args.jobs)
     reuse = load_reuse(args.reuse)
     if not args.render:
         collect(spec, args.arms or all_arms, args.seeds or all_seeds, train=True, jobs=args.jobs,
