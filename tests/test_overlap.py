@@ -62,12 +62,13 @@ def test_entropy_method_three_passes_overlap_equal():
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
-def test_the_teacher_pass_and_the_source_backward_run_on_the_second_thread():
-    where: dict[str, list[str]] = {"teacher": [], "backward": []}
+def test_the_teacher_pass_the_frozen_encoder_and_the_source_backward_run_on_the_second_thread():
+    where: dict[str, list[str]] = {"teacher": [], "backward": [], "imnet": []}
     for overlap in (False, True):
         trainer = _trainer(CASES["cluda"], overlap)
         trainer.teacher.model.register_forward_hook(
             lambda *_: where["teacher"].append(threading.current_thread().name))
+        trainer.imnet.register_forward_hook(lambda *_: where["imnet"].append(threading.current_thread().name))
         head = next(p for p in trainer.student.parameters() if p.requires_grad)
         head.register_hook(lambda g: where["backward"].append(threading.current_thread().name) or g)
         threads_seen = []
@@ -75,12 +76,12 @@ def test_the_teacher_pass_and_the_source_backward_run_on_the_second_thread():
         trainer.step()
         main = threading.current_thread().name
         if overlap:
-            assert where["teacher"] == ["cluda-overlap_0"]
+            assert where["teacher"] == where["imnet"] == ["cluda-overlap_0"]
             assert where["backward"] == ["cluda-overlap_0", main]  # source pass, then mixed pass
             assert threads_seen == [1]  # train.threads holds on the second thread too
         else:
-            assert where["teacher"] == [main] and where["backward"] == [main, main]
-        where = {"teacher": [], "backward": []}
+            assert where["teacher"] == where["imnet"] == [main] and where["backward"] == [main, main]
+        where = {"teacher": [], "backward": [], "imnet": []}
 
 
 def test_overlap_runs_tasks_in_order_reraises_errors_and_drains():

@@ -52,15 +52,18 @@ class DACS(SourceOnly):
     def step(self, ctx: StepContext, source: dict[str, Tensor],
              target: Callable[[], dict[str, Tensor]]) -> Iterator[LossGroup]:
         ys = source["label"]
-        if self.self_training:  # 4. the teacher's pseudo-labels need nothing of this step's
-            # student: with train.overlap they are computed beside the source pass, on a second
-            # CPU thread; otherwise when asked for, after the source backward
+        xs = self.source_images(ctx, source)
+        # work that needs nothing of this step's student (the frozen encoder's features of the
+        # source, 4. the teacher's pseudo-labels): with train.overlap it runs beside the source
+        # pass on a second CPU thread, in this order; otherwise when its result is asked for
+        self.prefetch_source(ctx, xs)
+        if self.self_training:
             tgt = target()
             xt = tgt["image"]
             teacher = ctx.background(self._teacher_pass, ctx, xt,
                                      tgt["label"] if self.frame_margins else None)
         # 1. the source pass (under DDP its gradients are reduced with the mixed pass's)
-        out, terms, xs = self.source_pass(ctx, source)
+        out, terms = self.source_forward(ctx, xs, ys)
         terms.update(self.source_terms(ctx, out, xs, ys))
         if not self.self_training:  # source-only training with this method's source terms
             yield LossGroup(terms, outputs=(out,))
@@ -89,6 +92,10 @@ class DACS(SourceOnly):
         yield LossGroup(mix_terms, outputs=outputs, logs={"q": pw.amax()})
 
     # ------------------------------------------------------------------ parts
+    def prefetch_source(self, ctx: StepContext, xs: Tensor) -> None:
+        """Start work on the source images that :meth:`source_terms` will need and that does not
+        depend on the student, through ``ctx.background`` (none in DACS)."""
+
     def source_terms(self, ctx: StepContext, out, xs: Tensor, ys: Tensor) -> dict[str, Tensor]:
         """Loss terms of the source pass besides CE (none in DACS)."""
         return {}

@@ -31,12 +31,23 @@ class DAFormer(DACS):
         self.fd = fd if fd.enabled else None
         self.uses_stages = self.fd is not None
 
+    def prefetch_source(self, ctx: StepContext, xs: Tensor) -> None:
+        """The frozen encoder's last-stage features of the source images, started through
+        ``ctx.background`` (with ``train.overlap``: beside the student's source pass)."""
+        super().prefetch_source(ctx, xs)
+        self._frozen = (ctx.background(self._frozen_features, ctx, xs)
+                        if self.fd is not None and ctx.imnet is not None else None)
+
+    def _frozen_features(self, ctx: StepContext, xs: Tensor) -> Tensor:
+        with torch.no_grad(), phase("fd"), ctx.autocast():
+            return ctx.imnet(self.seg.fd_input(ctx, xs))[-1]
+
     def source_terms(self, ctx: StepContext, out, xs: Tensor, ys: Tensor) -> dict[str, Tensor]:
         terms = super().source_terms(ctx, out, xs, ys)
         if self.fd is not None and ctx.imnet is not None:
+            pending, self._frozen = getattr(self, "_frozen", None), None
+            frozen = pending() if pending is not None else self._frozen_features(ctx, xs)
             with phase("fd"):
-                with torch.no_grad(), ctx.autocast():
-                    frozen = ctx.imnet(self.seg.fd_input(ctx, xs))[-1]
                 terms["fd"] = feature_distance_loss(
                     out.stages[-1].float(), frozen.float(), ys, thing_classes=self.fd.thing_classes,
                     lambda_fd=self.fd.weight, min_ratio=self.fd.min_ratio)

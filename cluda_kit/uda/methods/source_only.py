@@ -37,14 +37,25 @@ class SourceOnly(Method):
     def source_pass(self, ctx: StepContext, source: dict[str, Tensor]) -> tuple[Any, dict[str, Tensor], Tensor]:
         """1. The student on the source crop (strongly augmented first with ``uda.source_augment``):
         (its output, ``{"ce_src": CE}``, the images it saw)."""
-        xs, ys = source["image"], source["label"]
+        xs = self.source_images(ctx, source)
+        out, terms = self.source_forward(ctx, xs, source["label"])
+        return out, terms, xs
+
+    def source_images(self, ctx: StepContext, source: dict[str, Tensor]) -> Tensor:
+        """The source images (B, 3, H, W) the student sees: strongly augmented with
+        ``uda.source_augment``, else as loaded."""
+        xs = source["image"]
         if self.source_augment:
             with phase("mix_augment"):
                 xs = strong_augment(xs, **augment_kwargs(self.aug, ctx.generator))
+        return xs
+
+    def source_forward(self, ctx: StepContext, xs: Tensor, ys: Tensor) -> tuple[Any, dict[str, Tensor]]:
+        """The student's training forward on ``xs`` and its CE against ``ys`` (B, H, W)."""
         with phase("student_source"):
             out = self.seg.student(ctx, xs, return_stages=self.uses_stages)
             terms = {"ce_src": self.seg.seg_loss(ctx, out, ys)}
-        return out, terms, xs
+        return out, terms
 
     def step(self, ctx: StepContext, source: dict[str, Tensor],
              target: Callable[[], dict[str, Tensor]]) -> Iterator[LossGroup]:
