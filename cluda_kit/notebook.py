@@ -131,7 +131,7 @@ class Setup:
         stand-in here, into a temporary folder kept while this object lives, and returns a short
         description. The default ``train`` is :func:`train_stand_in` of the same method for
         ``iters[profile]`` iterations (default :data:`STAND_IN_ITERS`). Prints one line saying which:
-        ``cluda: read runs/notebooks/cluda (miniscapes_cluda, iteration 400)`` or
+        ``cluda: read runs/notebooks/cluda (miniscapes_cluda, iteration 750)`` or
         ``cluda: no run at runs/notebooks/cluda, trained here: 40 iterations of miniscapes_tiny as
         cluda in 16 s``."""
         found = self.run(name)

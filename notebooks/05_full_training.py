@@ -23,7 +23,7 @@
 # | profile | preset | what it is for |
 # |---|---|---|
 # | `tiny` (default here) | `miniscapes_tiny` | tests: 64×128 scenes, a few iterations, seconds |
-# | `demo` | `miniscapes_cluda` | the CPU demo: 1000 iterations on 128×256 crops (`make demo` trains the same) |
+# | `demo` | `miniscapes_cluda` | the CPU demo: 128×256 crops, the budget of `_miniscapes_base.yaml` (`make demo` trains the same) |
 # | `full` | `gta2cs_daformer_cluda` | the paper: GTA5 → Cityscapes, MiT-B5, 40 000 iterations; needs a GPU and the prepared data under `data/` |
 #
 # Set `CLUDA_PROFILE=demo` (or `full`) in the environment before starting JupyterLab.
