@@ -30,6 +30,7 @@ class DAFormer(DACS):
         fd = cfg.uda.fd
         self.fd = fd if fd.enabled else None
         self.uses_stages = self.fd is not None
+        self._frozen = None  # the frozen features of the current step, see prefetch_source
 
     def prefetch_source(self, ctx: StepContext, xs: Tensor) -> None:
         """The frozen encoder's last-stage features of the source images, started through
@@ -45,7 +46,7 @@ class DAFormer(DACS):
     def source_terms(self, ctx: StepContext, out, xs: Tensor, ys: Tensor) -> dict[str, Tensor]:
         terms = super().source_terms(ctx, out, xs, ys)
         if self.fd is not None and ctx.imnet is not None:
-            pending, self._frozen = getattr(self, "_frozen", None), None
+            pending, self._frozen = self._frozen, None
             frozen = pending() if pending is not None else self._frozen_features(ctx, xs)
             with phase("fd"):
                 terms["fd"] = feature_distance_loss(
