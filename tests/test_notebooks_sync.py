@@ -3,6 +3,8 @@
 Every ``notebooks/NN_*.py`` has an ``.ipynb`` twin with the same code and markdown cells (jupytext reads
 both); each stored notebook is under 2 MB, has at least two ``# NBVAL_CHECK_OUTPUT`` cells, no
 ``!pip``, and its first code cell calls ``cluda_kit.notebook.setup()`` and its stored output names the profile.
+The stored outputs come from the ``demo`` profile over the runs of ``make notebook-runs`` at the presets'
+current budget (``train.max_iters``), so that a budget change without a rebuild fails.
 """
 from __future__ import annotations
 
@@ -56,3 +58,36 @@ def test_conventions(src: Path):
     assert "set_num_threads" not in first.source, f"{ipynb.name}: threads come from setup()"
     text = "".join(o.get("text", "") for o in first.get("outputs", []) if o.get("output_type") == "stream")
     assert re.search(r"profile: (tiny|demo|full)\b", text), f"{ipynb.name}: first cell output {text!r} names no profile"
+
+
+# The stored notebooks show trained models: built with the `demo` profile over the runs of
+# `make notebook-runs` at the presets' current budget. A budget change without a rebuild (the
+# stored outputs then show runs of the old budget) fails here.
+READ_LINE = "{run}: read runs/notebooks/{run} (miniscapes_{run}, iteration {budget})"
+SHOWN_LINE = "shown: runs/notebooks/{run} (miniscapes_{run}, read), iteration {budget}"  # 05: the run it shows
+READS = {"02_pseudo_labels": (("cluda", READ_LINE),), "03_fused_features": (("cluda", READ_LINE),),
+         "05_full_training": (("cluda", SHOWN_LINE),),
+         "06_feature_space": (("source_only", READ_LINE), ("daformer", READ_LINE), ("cluda", READ_LINE))}
+
+
+def _stream_text(nb) -> str:
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []) if o.get("output_type") == "stream")
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_stored_outputs_are_the_demo_profile_over_the_trained_runs(src: Path):
+    from cluda_kit.config import load_config
+
+    nb = jupytext.read(src.with_suffix(".ipynb"))
+    text = _stream_text(nb)
+    assert text.startswith("profile: demo |"), (
+        f"{src.stem}.ipynb: stored outputs must come from the demo profile "
+        f"(CLUDA_PROFILE=demo python notebooks/build.py), found {text[:40]!r}")
+    for run, form in READS.get(src.stem, ()):
+        budget = load_config(f"miniscapes_{run}").train.max_iters
+        line = form.format(run=run, budget=budget)
+        assert line in text, (f"{src.stem}.ipynb: no stored line {line!r}: rebuild after `make notebook-runs` "
+                              f"at the presets' budget")
+    if src.stem == "07_hrda":
+        assert "model: TRAINED runs/notebooks/hrda_cluda" in text, f"{src.stem}.ipynb: stored outputs of an untrained model"
