@@ -106,6 +106,46 @@ def run_in_subprocess(src: Path | None, env_extra: dict[str, str], overrides: tu
     return result
 
 
+def overlap_waits(preset: str = DEMO, steps: int = 30, warmup: int = 5) -> dict:
+    """How long the main thread waits, per step, for each kind of ``train.overlap`` task (the
+    frozen encoder's features, the teacher's pass, a pass's backward), in milliseconds, over
+    ``steps`` steps after ``warmup``: every waiter that :meth:`Overlap.submit` hands out is timed.
+    A wait near 0 means the task had ended before its result was asked for."""
+    from collections import defaultdict
+
+    from cluda_kit.engine import overlap
+
+    waits: dict[str, float] = defaultdict(float)
+    submit = overlap.Overlap.submit
+
+    def timed_submit(self, fn, *args, **kwargs):
+        get = submit(self, fn, *args, **kwargs)
+        name = getattr(fn, "__name__", type(fn).__name__)
+
+        def wait():
+            t = time.perf_counter()
+            try:
+                return get()
+            finally:
+                waits[name] += time.perf_counter() - t
+        return wait
+
+    overlap.Overlap.submit = timed_submit
+    try:
+        trainer = build_trainer(preset)
+        for _ in range(warmup):
+            trainer.step()
+        waits.clear()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.step()
+        step_s = (time.perf_counter() - t0) / steps
+    finally:
+        overlap.Overlap.submit = submit
+    return {"preset": preset, "steps": steps, "mean_step_s": step_s,
+            "wait_ms_per_step": {k: round(1e3 * v / steps, 1) for k, v in waits.items()}}
+
+
 def compare_losses(old: list[dict], new: list[dict], rtol: float = 1e-4, atol: float = 1e-6) -> list[str]:
     """Mismatches between two loss trajectories (empty: identical within ``rtol``)."""
     problems = []

@@ -216,7 +216,7 @@ class TrainConfig:
     compile_mode: str = "default"  # torch.compile mode; reduce-overhead adds CUDA graphs (static crops)
     threads: int | None = None  # torch CPU threads (None = torch default)
     # CPU: the teacher's pass and the source backward on a second thread, beside the student's
-    # forwards (bit-identical steps; engine/overlap.py); off on a GPU, under DDP or torch.compile
+    # passes (bit-identical steps; engine/overlap.py); off on a GPU, under DDP or torch.compile
     overlap: bool = False
 
 

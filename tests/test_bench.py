@@ -192,3 +192,17 @@ def test_step_worker_times_the_package_it_is_given_not_the_checkout(tmp_path):
                              loss_steps=1, time_steps=0, preset="miniscapes_tiny")
     assert Path(here["cluda_kit"]).resolve() == (REPO / "cluda_kit" / "__init__.py").resolve()
     assert here["losses"] == r["losses"]  # the same code gives the same first step
+
+
+def test_overlap_waits_times_every_task_kind_and_restores_submit():
+    from bench.step import overlap_waits
+    from cluda_kit.engine.overlap import Overlap
+
+    submit = Overlap.submit
+    res = overlap_waits("miniscapes_tiny", steps=2, warmup=1)
+    assert Overlap.submit is submit
+    waits = res["wait_ms_per_step"]
+    # CLUDA's three kinds of task, each waited for once per step (0 when it had already ended)
+    assert set(waits) == {"_frozen_features", "_teacher_pass", "_backward"}
+    assert all(v >= 0 for v in waits.values())
+    assert res["steps"] == 2 and res["mean_step_s"] > 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cluda_kit.config import load_config
-from cluda_kit.engine.overlap import Overlap, overlap_unavailable
+from cluda_kit.engine.overlap import Overlap, backward_beside, overlap_unavailable
 from cluda_kit.engine.trainer import Trainer
 
 from test_step_golden import CASES
@@ -123,7 +123,9 @@ def test_an_error_in_the_backward_thread_surfaces_from_the_step(monkeypatch):
     monkeypatch.setattr(T, "_backward", failing)
     with pytest.raises(RuntimeError, match="backward failed"):
         trainer.step()
-    assert calls == ["cluda-overlap_0"]  # the mixed pass never started its backward
+    # the mixed pass's backward (backward_beside, into buffers of its own) never called
+    # _backward, and the error surfaced when it waited for the source backward
+    assert calls == ["cluda-overlap_0"]
     assert trainer.overlap._pending == []
 
 
@@ -132,3 +134,60 @@ def test_where_overlap_is_unavailable():
     assert "CPU only" in overlap_unavailable("cuda", False, False)
     assert "DDP" in overlap_unavailable("cpu", True, False)
     assert "compile" in overlap_unavailable("cpu", False, True)
+
+
+def test_the_mixed_backward_runs_while_the_source_backward_still_runs():
+    """The source backward on the second thread waits inside a gradient hook until the mixed
+    backward on the main thread has reached the same parameter; a mixed backward that waited for
+    the source backward to end first would leave it waiting until the timeout."""
+    trainer = _trainer(CASES["cluda"], True)
+    reached, in_time = threading.Event(), []
+    main = threading.current_thread().name
+
+    def hook(g):
+        if threading.current_thread().name == main:
+            reached.set()
+        else:
+            in_time.append(reached.wait(timeout=20))
+        return g
+
+    head = next(p for p in trainer.student.parameters() if p.requires_grad)
+    head.register_hook(hook)
+    trainer.step()
+    assert in_time == [True]
+
+
+def test_backward_beside_equals_sequential_accumulation():
+    """backward_beside against plain backward calls in pass order (a loop reference): three passes,
+    a parameter only the first pass reaches, one only the last pass reaches, one none reaches (its
+    stale .grad stays), and a channels-last convolution weight (its layout is kept)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1).to(memory_format=torch.channels_last)
+    first_only, last_only, unused = (torch.randn(5, requires_grad=True) for _ in range(3))
+    leaves = [*conv.parameters(), first_only, last_only, unused]
+    x = [torch.randn(2, 3, 6, 6).contiguous(memory_format=torch.channels_last) for _ in range(3)]
+
+    def losses():
+        return [conv(x[0]).square().mean() + first_only.exp().sum(),
+                conv(x[1]).sin().sum(),
+                conv(x[2]).tanh().mean() * 3 + (last_only * 2).square().sum()]
+
+    def fresh():
+        for p in leaves:
+            p.grad = None
+        unused.grad = torch.full_like(unused, 7.0)
+
+    fresh()
+    for loss in losses():
+        loss.backward()
+    reference = [p.grad.clone() for p in leaves]
+    fresh()
+    l0, l1, l2 = losses()
+    l0.backward()
+    order = []
+    backward_beside(l2, leaves, lambda: order.append("previous") or l1.backward())
+    assert order == ["previous"]
+    for p, ref in zip(leaves, reference):
+        assert torch.equal(p.grad, ref)
+    assert conv.weight.grad.stride() == conv.weight.stride()
+    assert torch.equal(unused.grad, torch.full_like(unused, 7.0))

@@ -7,13 +7,14 @@ not depend on what runs beside them, so they can run on that core:
 - the EMA teacher's pseudo-labels of the target batch (the teacher was updated at the start of the
   step; the student's source pass does not touch it), and
 - the backward of the source pass, while the mixed pass's forward runs (the parameters change
-  only in the optimiser step; the mixed forward only reads them).
+  only in the optimiser step; the mixed forward only reads them) and then beside the mixed
+  pass's own backward, which writes its gradients to buffers of its own and adds them to
+  ``.grad`` once the source backward has ended (:func:`backward_beside`).
 
-Gradients still accumulate in the sequential order (the source backward ends before the mixed
-backward starts), the random draws stay on the main thread, and BatchNorm statistics are updated
-by forwards in the same order, so a step with overlap equals one without, bit for bit
-(tests/test_overlap.py). Only for the CPU without DDP or torch.compile: on a GPU kernels already
-run asynchronously.
+Gradients still sum in the sequential order (source, then mixed), the random draws stay on the
+main thread, and BatchNorm statistics are updated by forwards in the same order, so a step with
+overlap equals one without, bit for bit (tests/test_overlap.py). Only for the CPU without DDP or
+torch.compile: on a GPU kernels already run asynchronously.
 
     overlap = Overlap(enabled=True)
     labels = overlap.submit(teacher_pass, ctx, target)  # starts now, on the second thread
@@ -23,13 +24,17 @@ run asynchronously.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import torch
+from torch import Tensor
+from torch.profiler import record_function
+
 from ..uda.methods.base import deferred
 
-__all__ = ["Overlap", "overlap_unavailable"]
+__all__ = ["Overlap", "backward_beside", "overlap_unavailable"]
 
 
 def overlap_unavailable(device_type: str, ddp: bool, compiled: bool) -> str | None:
@@ -41,6 +46,32 @@ def overlap_unavailable(device_type: str, ddp: bool, compiled: bool) -> str | No
     if compiled:
         return "not with train.compile"
     return None
+
+
+def backward_beside(loss: Tensor, leaves: Sequence[Tensor], previous: Callable[[], Any]) -> None:
+    """The last pass's backward, run while the previous pass's backward still runs on the second
+    thread, with the gradients accumulated as the sequential step accumulates them.
+
+    The gradients of ``loss`` with respect to ``leaves`` (the trainable parameters) go to buffers
+    of their own (``torch.autograd.grad``), so nothing is written to ``.grad`` while the other
+    backward accumulates there. ``previous()`` then waits for that backward, and each buffer is
+    added to ``.grad`` in place, as autograd's own accumulation does: ``.grad`` holds the earlier
+    passes' sum g_prev, and g_prev + g is the sequential result bit for bit (float addition is
+    commutative but not associative, so g is added last, to that sum, as in the sequential step). A leaf
+    without an earlier gradient receives g itself, in its parameter's memory layout; a leaf that
+    ``loss`` does not reach keeps its ``.grad``.
+    """
+    with record_function("step/backward"):
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    previous()
+    with torch.no_grad():
+        for p, g in zip(leaves, grads):
+            if g is None:
+                continue
+            if p.grad is None:
+                p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
+            else:
+                p.grad += g
 
 
 class Overlap:

@@ -77,7 +77,7 @@ from .distributed import Distributed
 from .evaluate import evaluate as run_evaluation
 from .evaluate import SUBSET_MIOUS, format_iou_table, subset_mious
 from .guard import NonFiniteGuard, NonFiniteLossError
-from .overlap import Overlap, overlap_unavailable
+from .overlap import Overlap, backward_beside, overlap_unavailable
 from .optim import lr_at, param_groups
 
 __all__ = ["Trainer", "StepResult", "NonFiniteLossError", "CheckpointError", "load_checkpoint",
@@ -200,6 +200,9 @@ class Trainer:
         if cfg.train.overlap and why_not and self.dist.is_main:
             print(f"train.overlap is off: {why_not}", flush=True)
         self.overlap = Overlap(enabled=bool(cfg.train.overlap) and why_not is None)
+        # the leaves a training pass can reach: the student's trainable parameters (the teacher
+        # and the frozen encoder require no gradient; the optimiser holds exactly these)
+        self._grad_leaves = [p for p in self.student.parameters() if p.requires_grad]
 
         # data
         self.source = engine_data.train_stream(cfg, domain="source", rank=self.dist.rank,
@@ -374,7 +377,7 @@ class Trainer:
                                        f"than its passes={passes}")
                 last = k == passes - 1
                 stats.update(group.logs)
-                if backward_done is not None:  # gradients accumulate in the sequential order
+                if backward_done is not None and not last:  # gradients accumulate in the sequential order
                     backward_done()
                     backward_done = None
                 if not self._check_finite(group.terms):
@@ -388,6 +391,9 @@ class Trainer:
                 loss = loss if self.scaler is None else self.scaler.scale(loss)
                 if self.overlap.enabled and not last:  # runs beside the next pass's forward
                     backward_done = self.overlap.submit(_backward, loss)
+                elif backward_done is not None:  # beside the previous pass's backward, added after it
+                    backward_beside(loss, self._grad_leaves, backward_done)
+                    backward_done = None
                 else:
                     _backward(loss)
                 terms.update(group.terms)
