@@ -15,7 +15,9 @@ with the old code's of the same run (for a change whose baseline predates the cu
 
 :func:`phase_breakdown` aggregates the ``torch.profiler.record_function`` ranges ("step/<phase>")
 that :meth:`Trainer.step` opens over a profiled run of N steps; ``python -m bench --only step``
-calls it for each preset family.
+calls it for each preset family. :func:`overlap_waits` times how long the main thread waits for
+each kind of ``train.overlap`` task (``python -c "from bench.step import overlap_waits;
+print(overlap_waits())"``).
 """
 from __future__ import annotations
 
