@@ -25,6 +25,12 @@ def _cells(nb) -> list[tuple[str, str]]:
     return [(c.cell_type, c.source.strip()) for c in nb.cells if c.cell_type in ("code", "markdown")]
 
 
+def _stream_text(cells) -> str:
+    """The stored stdout/stderr text of the code cells, in order."""
+    return "".join(o.get("text", "") for c in cells if c.cell_type == "code"
+                   for o in c.get("outputs", []) if o.get("output_type") == "stream")
+
+
 def test_every_notebook_exists():
     assert [p.stem for p in SOURCES] == EXPECTED
     for src in SOURCES:
@@ -56,7 +62,7 @@ def test_conventions(src: Path):
     assert "from cluda_kit.notebook import setup" in first.source and "setup(" in first.source, (
         f"{ipynb.name}: the first code cell must call cluda_kit.notebook.setup()")
     assert "set_num_threads" not in first.source, f"{ipynb.name}: threads come from setup()"
-    text = "".join(o.get("text", "") for o in first.get("outputs", []) if o.get("output_type") == "stream")
+    text = _stream_text([first])
     assert re.search(r"profile: (tiny|demo|full)\b", text), f"{ipynb.name}: first cell output {text!r} names no profile"
 
 
@@ -70,24 +76,20 @@ READS = {"02_pseudo_labels": (("cluda", READ_LINE),), "03_fused_features": (("cl
          "06_feature_space": (("source_only", READ_LINE), ("daformer", READ_LINE), ("cluda", READ_LINE))}
 
 
-def _stream_text(nb) -> str:
-    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                   for o in c.get("outputs", []) if o.get("output_type") == "stream")
-
-
 @pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
 def test_stored_outputs_are_the_demo_profile_over_the_trained_runs(src: Path):
     from cluda_kit.config import load_config
 
     nb = jupytext.read(src.with_suffix(".ipynb"))
-    text = _stream_text(nb)
+    text = _stream_text(nb.cells)
     assert text.startswith("profile: demo |"), (
         f"{src.stem}.ipynb: stored outputs must come from the demo profile "
         f"(CLUDA_PROFILE=demo python notebooks/build.py), found {text[:40]!r}")
     for run, form in READS.get(src.stem, ()):
         budget = load_config(f"miniscapes_{run}").train.max_iters
         line = form.format(run=run, budget=budget)
-        assert line in text, (f"{src.stem}.ipynb: no stored line {line!r}: rebuild after `make notebook-runs` "
-                              f"at the presets' budget")
+        assert line in text, (f"{src.stem}.ipynb: no stored line {line!r}: "
+                              "rebuild after `make notebook-runs` at the presets' budget")
     if src.stem == "07_hrda":
-        assert "model: TRAINED runs/notebooks/hrda_cluda" in text, f"{src.stem}.ipynb: stored outputs of an untrained model"
+        assert "model: TRAINED runs/notebooks/hrda_cluda" in text, (
+            f"{src.stem}.ipynb: stored outputs of an untrained model")

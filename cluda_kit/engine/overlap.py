@@ -57,9 +57,9 @@ def backward_beside(loss: Tensor, leaves: Sequence[Tensor], previous: Callable[[
     backward accumulates there. ``previous()`` then waits for that backward, and each buffer is
     added to ``.grad`` in place, as autograd's own accumulation does: ``.grad`` holds the earlier
     passes' sum g_prev, and g_prev + g is the sequential result bit for bit (float addition is
-    commutative but not associative, so g is added last, to that sum, as in the sequential step). A leaf
-    without an earlier gradient receives g itself, in its parameter's memory layout; a leaf that
-    ``loss`` does not reach keeps its ``.grad``.
+    commutative but not associative, so g is added last, to that sum, as in the sequential step).
+    A leaf without an earlier gradient receives g itself, in its parameter's memory layout; a leaf
+    that ``loss`` does not reach keeps its ``.grad``.
     """
     with record_function("step/backward"):
         grads = torch.autograd.grad(loss, leaves, allow_unused=True)
