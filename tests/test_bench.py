@@ -206,3 +206,18 @@ def test_overlap_waits_times_every_task_kind_and_restores_submit():
     assert set(waits) == {"_frozen_features", "_teacher_pass", "_backward"}
     assert all(v >= 0 for v in waits.values())
     assert res["steps"] == 2 and res["mean_step_s"] > 0
+
+
+def test_critical_path_profile_and_kernels_report_what_they_measure():
+    import torch
+
+    from bench.critical_path import kernels, profile
+
+    res = profile(steps=1, warmup=1)
+    phases = res["phase_ms_per_step"]
+    assert {"step/backward", "step/student_source", "step/student_mix", "step/optimizer"} <= set(phases)
+    assert 0 < res["main_thread_busy_ms_per_step"] <= res["wall_ms_per_step"] * 1.05
+    threads = torch.get_num_threads()
+    k = kernels()
+    assert all(v > 0 for v in k.values()) and len(k) == 6
+    assert torch.get_num_threads() == threads  # measured on one thread, the setting restored
