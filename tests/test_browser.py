@@ -252,9 +252,7 @@ def test_linked_explorer_zoom_lasso_gallery_and_linked_highlight(notebook_06):
         raise AssertionError(f"the linked explorer did not render: {e}; errors in the notebook: {_errors(page)}; "
                              f"server log:\n{log.read_text()[-2000:]}") from None
     assert not _errors(page), _errors(page)
-    # a double click into the background deselects (regl-scatterplot); the kernel clears the gallery.
-    # It goes near the view's top-right corner: the centre may hold a point (the projection differs
-    # from machine to machine), and the toolbar runs down the left edge. The kernel must be
+    # a double click deselects (regl-scatterplot); the kernel clears the gallery. The kernel must be
     # idle first (the explorer test before this one leaves it projecting); on a loaded machine the
     # page may still be moving after the scroll (the views' boxes are viewport coordinates) and the
     # browser can take the two clicks for two single ones: the views are measured again and the
@@ -265,7 +263,7 @@ def test_linked_explorer_zoom_lasso_gallery_and_linked_highlight(notebook_06):
         page.wait_for_timeout(500)
         (view1, b1), (view2, b2) = _views(box, sync_api)
         cx, cy = b1["x"] + b1["width"] / 2, b1["y"] + b1["height"] / 2
-        page.mouse.dblclick(b1["x"] + b1["width"] * 0.96, b1["y"] + b1["height"] * 0.04)
+        page.mouse.dblclick(cx, cy)
         try:
             sync_api.expect(status).to_contain_text(re.compile(r"\b0 selected"), timeout=20_000)
             break
