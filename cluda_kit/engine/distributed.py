@@ -107,6 +107,24 @@ class Distributed:
             return t
         return all_gather_cat(t, differentiable)
 
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (same shape on every rank) of every rank concatenated along dim 0 in rank order,
+        without gradients (a method's buffer updates); ``t`` without DDP."""
+        return all_gather_cat(t.detach()) if self.ddp is not None else t
+
+    def average_grads(self, params: list[nn.Parameter]) -> None:
+        """Average the gradients of parameters outside the DDP wrapper (a method's own modules)
+        over the ranks, in one flat all-reduce; a missing gradient counts as zero. No-op without
+        DDP."""
+        if self.ddp is None or not params:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
+        flat = all_reduce_mean_(torch.cat([g.reshape(-1) for g in grads]))
+        torch._foreach_copy_(grads, [v.view_as(g) for v, g in zip(flat.split([g.numel() for g in grads]), grads)])
+
     def replica_digests(self, states: dict[str, dict]) -> dict[str, list[str]]:
         """SHA-256 of each named state dict on every rank (``[rank 0, rank 1, ...]``); a
         collective under DDP. All entries are equal while the replicas are in sync."""

@@ -175,15 +175,23 @@ class Trainer:
         self.imnet = None
         if cfg.uda.fd.enabled:
             self.imnet = copy.deepcopy(self.student.encoder).eval().requires_grad_(False)
+        # the method's own state (a projection head, class prototypes; Method.setup), trained,
+        # checkpointed and kept in sync with the student
+        self.method_state = self.method.setup(self.student)
+        if self.method_state is not None:
+            self.method_state.to(self.device)
         self.compiled = False
         if cfg.train.compile:
             self.compiled = self._compile_student(cfg.train.compile_scope, cfg.train.compile_mode)
         # fused AdamW (one kernel for all parameters) on CUDA; the CPU keeps the foreach
         # implementation, whose steps the golden-step tests pin
+        groups = param_groups(self.student, cfg.optim.lr, cfg.optim.weight_decay,
+                              cfg.optim.head_lr_mult, cfg.optim.norm_decay, cfg.optim.no_decay_rule)
+        if self.method_state is not None:
+            for group in self.method.param_groups(self.method_state, cfg.optim):
+                groups.append({**group, "lr": cfg.optim.lr * group["lr_mult"]})
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.student, cfg.optim.lr, cfg.optim.weight_decay,
-                         cfg.optim.head_lr_mult, cfg.optim.norm_decay, cfg.optim.no_decay_rule),
-            lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
+            groups, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
             fused=True if self.device.type == "cuda" else None,
         )
         # DDP: the student's wrapper (train_net: what training forwards run through) and helpers
@@ -200,9 +208,12 @@ class Trainer:
         if cfg.train.overlap and why_not and self.dist.is_main:
             print(f"train.overlap is off: {why_not}", flush=True)
         self.overlap = Overlap(enabled=bool(cfg.train.overlap) and why_not is None)
-        # the leaves a training pass can reach: the student's trainable parameters (the teacher
-        # and the frozen encoder require no gradient; the optimiser holds exactly these)
-        self._grad_leaves = [p for p in self.student.parameters() if p.requires_grad]
+        # the leaves a training pass can reach: the trainable parameters of the student and of the
+        # method's state (the teacher and the frozen encoder require no gradient; the optimiser
+        # holds exactly these)
+        self._method_params = ([p for p in self.method_state.parameters() if p.requires_grad]
+                               if self.method_state is not None else [])
+        self._grad_leaves = [p for p in self.student.parameters() if p.requires_grad] + self._method_params
 
         # data
         self.source = engine_data.train_stream(cfg, domain="source", rank=self.dist.rank,
@@ -289,9 +300,11 @@ class Trainer:
         """The optimiser's parameter groups (:func:`cluda_kit.engine.optim.param_groups`) by
         name: encoder / head, + _no_decay for a group exempt from weight decay."""
         encoder = {id(p) for p in self.student.encoder.parameters()}
+        method = {id(p) for p in self._method_params}
         names: list[str] = []
         for i, group in enumerate(self.optimizer.param_groups):
-            name = "encoder" if group["params"] and id(group["params"][0]) in encoder else "head"
+            first = id(group["params"][0]) if group["params"] else None
+            name = "encoder" if first in encoder else "method" if first in method else "head"
             if group["weight_decay"] == 0 and self.cfg.optim.weight_decay != 0:
                 name += "_no_decay"
             names.append(f"{name}_{i}" if name in names else name)
@@ -303,6 +316,8 @@ class Trainer:
         states = {"student": self.student.state_dict()}
         if self.teacher is not None:
             states["teacher"] = self.teacher.state_dict()
+        if self.method_state is not None:
+            states["method"] = self.method_state.state_dict()
         return self.ddp.replica_digests(states)
 
     # ------------------------------------------------------------------ one step
@@ -313,7 +328,8 @@ class Trainer:
             imnet=self.imnet, generator=self.generator, device=self.device,
             autocast=partial(autocast, self.device, self.amp_dtype),
             channels_last=self.cfg.model.channels_last, world_size=self.dist.world_size,
-            mean_over_ranks=self.ddp.mean_over_ranks, gather=self.ddp.gather,
+            mean_over_ranks=self.ddp.mean_over_ranks, all_gather=self.ddp.all_gather,
+            gather=self.ddp.gather,
             background=self.overlap.submit,
         )
 
@@ -343,8 +359,10 @@ class Trainer:
         mix_augment, student_mix, optimizer); they cost nothing measurable without a profiler."""
         cfg = self.cfg
         self.student.train()
-        if cfg.train.skip_nonfinite:  # a skipped step must leave no BatchNorm statistics behind
-            self._buffers_before = [b.clone() for b in self.student.buffers()]
+        if self.method_state is not None:
+            self.method_state.train()
+        if cfg.train.skip_nonfinite:  # a skipped step must leave no statistics behind (BatchNorm, the method's)
+            self._buffers_before = [b.clone() for b in self._step_buffers()]
         lr = lr_at(self.iter, cfg.optim.lr, cfg.train.max_iters, cfg.optim.warmup_iters,
                    cfg.optim.warmup_ratio, cfg.optim.poly_power, cfg.optim.min_lr)
         for group in self.optimizer.param_groups:
@@ -402,6 +420,7 @@ class Trainer:
         finally:  # nothing of this step may still run when the optimiser or the next EMA update does
             self.overlap.drain()
 
+        self.ddp.average_grads(self._method_params)  # DDP reduces only the student's
         with _phase("step/optimizer"):
             if self.scaler is None:
                 self.optimizer.step()
@@ -422,12 +441,19 @@ class Trainer:
 
     def _finish_step(self, skipped: bool = False) -> int:
         if skipped:
-            torch._foreach_copy_(list(self.student.buffers()), self._buffers_before)
+            torch._foreach_copy_(self._step_buffers(), self._buffers_before)
         self.iter += 1
         nets = [self.student] + ([self.teacher.model] if self.teacher is not None else [])
         self.ddp.sync_buffers(nets)
         _call(self.callbacks, "on_step_end", self)
         return self.iter
+
+    def _step_buffers(self) -> list[torch.Tensor]:
+        """The buffers a step changes: the student's (BatchNorm) and the method's own."""
+        bufs = list(self.student.buffers())
+        if self.method_state is not None:
+            bufs += list(self.method_state.buffers())
+        return bufs
 
     def _compile_student(self, scope: str, mode: str = "default") -> bool:
         """torch.compile the student's segmentor (encoder + decoder; HRDA's crops and attention
@@ -601,6 +627,7 @@ class Trainer:
             "student": self.student.state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
             "imnet": self.imnet.state_dict() if self.imnet is not None else None,
+            "method": self.method_state.state_dict() if self.method_state is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "config": to_dict(self.cfg),
@@ -634,6 +661,15 @@ class Trainer:
                 f"{where}: does not match this model ({self.cfg.model.encoder} + "
                 f"{self.cfg.model.decoder}): {' '.join(first)}"
             ) from None
+        try:
+            if self.method_state is not None:
+                if state.get("method") is None:
+                    raise KeyError("the checkpoint holds no method state")
+                self.method_state.load_state_dict(state["method"])
+        except (RuntimeError, KeyError, TypeError) as err:
+            first = str(err).strip("'\"").splitlines()[0:3]
+            raise ConfigError(f"{where}: does not match the state of method {self.method.name!r}: "
+                              f"{' '.join(first)}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler") is not None:  # fp16: the loss scale
             self.scaler.load_state_dict(state["scaler"])

@@ -66,6 +66,9 @@ class StepContext:
         channels_last: convert network inputs to channels-last memory format.
         world_size: DDP processes (1 without DDP).
         mean_over_ranks: ``t -> t`` averaged over the ranks in place (identity without DDP).
+        all_gather: ``t`` of every rank concatenated along dim 0 in rank order (``t`` without
+            DDP), never differentiable: for the updates of a method's buffers, so that every rank
+            computes the update of the global batch and the buffers stay equal.
         gather: ``gather(t, differentiable=False)``: ``t`` of every rank concatenated along the
             batch when ``loss.contrastive.gather_negatives`` is on under DDP, else ``t``.
         background: ``background(fn, *args, **kw) -> get``: work that does not depend on the
@@ -86,6 +89,7 @@ class StepContext:
     channels_last: bool = False
     world_size: int = 1
     mean_over_ranks: Callable[[Tensor], Tensor] = _identity
+    all_gather: Callable[[Tensor], Tensor] = _identity
     gather: Callable[..., Tensor | None] = _identity
     background: Callable[..., Callable[[], Any]] = deferred
 
@@ -127,6 +131,11 @@ class Method:
     ``self_training``: the trainer builds an EMA teacher and a target stream for the method.
     ``passes``: how many :class:`LossGroup` s (backward passes) :meth:`step` yields.
     ``uses_stages``: the source forward must return the encoder's stage maps (feature distance).
+
+    A method with state of its own (a projection head, class prototypes, a memory bank) builds
+    it in :meth:`setup` and returns it as one module; :meth:`param_groups` says how its
+    parameters train. Everything else about that state is the trainer's: device, train/eval
+    mode, optimiser, DDP gradient averaging, checkpoints and exact resume.
     """
 
     name: ClassVar[str] = "method"
@@ -150,6 +159,43 @@ class Method:
             :class:`LossGroup` s, in backward order.
         """
         raise NotImplementedError
+
+    def setup(self, student: nn.Module) -> nn.Module | None:
+        """Build the method's own state once the student exists (so that it can read the feature
+        width) and return it as one module, or None for a stateless method (the default).
+
+        - Parameters of the module (a projection head) train with the student, in the groups of
+          :meth:`param_groups`; under DDP their gradients are averaged over the ranks.
+        - Buffers (class prototypes, a memory bank, running covariances) are the step's to
+          update, under ``torch.no_grad()``; update them from ``ctx.all_gather``-ed tensors, so
+          that every DDP rank computes the update of the global batch and the buffers stay equal
+          (the trainer checks that they are at every checkpoint).
+        - The module's ``state_dict`` (parameters, buffers, and ``get_extra_state`` for anything
+          else) is saved in checkpoints under ``"method"`` and restored on resume.
+
+        The trainer moves the module to the device and switches it between train and eval mode
+        with the student; keep a reference to it (or to its parts) on ``self`` for the step.
+        """
+        return None
+
+    def param_groups(self, state: nn.Module, optim: Any) -> list[dict]:
+        """AdamW groups of the parameters of :meth:`setup`'s module: by default one group at the
+        decoder's learning rate (``lr * optim.head_lr_mult``) with ``optim.weight_decay``, norm
+        layers without decay unless ``optim.norm_decay``. Each group needs ``params`` and
+        ``lr_mult`` (the schedule sets ``lr = lr_mult * scheduled lr`` every step)."""
+        norm_types = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+        no_decay = set()
+        if not optim.norm_decay:
+            no_decay = {id(p) for m in state.modules() if isinstance(m, norm_types)
+                        for p in m.parameters(recurse=False)}
+        params = [p for p in state.parameters() if p.requires_grad]
+        groups = []
+        for skip in (False, True):
+            chosen = [p for p in params if (id(p) in no_decay) == skip]
+            if chosen:
+                groups.append({"params": chosen, "lr_mult": optim.head_lr_mult,
+                               "weight_decay": 0.0 if skip else optim.weight_decay})
+        return groups
 
     def describe(self) -> str:
         """One line naming the method and its loss weights (printed at the start of training)."""
