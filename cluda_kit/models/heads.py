@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["init_conv_modules", "ConvBNReLU", "DepthwiseSeparableConv", "SeparableASPP", "DAFormerHead",
-           "DeepLabV2Head", "SegFormerHead", "DEEPLAB_V2_DILATIONS"]
+           "DeepLabV2Head", "SegFormerHead", "StageProjection", "DEEPLAB_V2_DILATIONS"]
 
 #: DeepLabV2's ASPP dilations. With ``dilation_quirk`` only the first two (6, 12) are used.
 DEEPLAB_V2_DILATIONS = (6, 12, 18, 24)
@@ -212,3 +212,32 @@ def _init_classifier(conv: nn.Conv2d) -> None:
     """mmseg's BaseDecodeHead init of ``conv_seg``: normal(0, 0.01), zero bias."""
     nn.init.normal_(conv.weight, 0.0, 0.01)
     nn.init.zeros_(conv.bias)
+
+
+class StageProjection(nn.Module):
+    """A projection head on the encoder's concatenated stages (PiPa's and SePiCo's embedding):
+    the 4 stage maps resized bilinearly to the first stage's size (stride 4) and concatenated,
+    then two 1x1 convolutions, then L2-normalised per pixel: (B, sum C_s, h, w) -> (B, P, h, w).
+
+    Args:
+        in_channels: the encoder's stage widths (sum = the concatenated width).
+        hidden: width of the first 1x1 convolution (followed by BN and ReLU).
+        out_dim: P, the embedding width.
+        out_bn_relu: BN + ReLU after the second convolution (SePiCo) or a plain convolution (PiPa).
+        align_corners: of the bilinear resize (PiPa: True; SePiCo, mmseg's resize_concat: False).
+    """
+
+    def __init__(self, in_channels: Sequence[int], hidden: int, out_dim: int, *,
+                 out_bn_relu: bool = False, align_corners: bool = False) -> None:
+        super().__init__()
+        total = int(sum(in_channels))
+        self.align_corners = align_corners
+        self.hidden = ConvBNReLU(total, hidden, 1)
+        self.out = ConvBNReLU(hidden, out_dim, 1) if out_bn_relu else nn.Conv2d(hidden, out_dim, 1)
+
+    def forward(self, stages: Sequence[Tensor]) -> Tensor:
+        size = stages[0].shape[-2:]
+        x = torch.cat([s if s.shape[-2:] == size else
+                       F.interpolate(s, size=size, mode="bilinear", align_corners=self.align_corners)
+                       for s in stages], dim=1)
+        return F.normalize(self.out(self.hidden(x)).float(), dim=1)

@@ -4,6 +4,8 @@
     DACS        (dacs.py)         + EMA teacher, pseudo-labels, ClassMix, strong augmentation
     DAFormer    (daformer.py)     + ImageNet feature distance (rare class sampling is data-side)
     CLUDA       (cluda.py)        + pixel contrastive loss on the fused feature, source and mixed
+    PiPa        (pipa.py)         DAFormer + class-balanced hard/easy pixel contrast (source)
+    SePiCo      (sepico.py)       DAFormer + pixels against class statistics (source and target)
     parts: HRDA's multi-resolution forward and loss (segmentation.py), MIC (mic.py)
 
 ``build_method(cfg)`` picks the method a config describes (``uda.method: auto``) or the one it
@@ -22,16 +24,19 @@ from .cluda import CLUDA
 from .dacs import DACS
 from .daformer import DAFormer
 from .mic import MaskedImageConsistency
+from .pipa import PiPa
 from .segmentation import HRDASegmentation, PlainSegmentation, cross_entropy, segmentation_for
+from .sepico import SePiCo
 from .source_only import SourceOnly
 
-__all__ = ["Method", "StepContext", "LossGroup", "SourceOnly", "DACS", "DAFormer", "CLUDA",
+__all__ = ["Method", "StepContext", "LossGroup", "SourceOnly", "DACS", "DAFormer", "CLUDA", "PiPa", "SePiCo",
            "MaskedImageConsistency", "PlainSegmentation", "HRDASegmentation", "segmentation_for",
            "cross_entropy", "METHODS", "register_method", "build_method", "method_name"]
 
 #: name -> factory ``f(cfg) -> Method``
 METHODS: dict[str, Callable[[Any], Method]] = {
     "source_only": SourceOnly, "dacs": DACS, "daformer": DAFormer, "cluda": CLUDA,
+    "pipa": PiPa, "sepico": SePiCo,
 }
 
 
