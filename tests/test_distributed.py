@@ -203,3 +203,54 @@ def test_torchrun_two_processes_end_to_end(tmp_path):
     single = Trainer.resume(run, read_only=True, progress=False)
     assert 100.0 * single.evaluate(progress=False)["miou"] == pytest.approx(summary["miou"],
                                                                           abs=1e-9)
+
+
+# ------------------------------------------------------------------ a method's own state under DDP
+STATEFUL = EXACT + ["uda.mode=self_training", "uda.pseudo_threshold=0.1", "uda.method=sepico",
+                    "uda.teacher_mode=eval", "uda.method_args={start_iter: 1, proj_dim: 8}"]
+# teacher_mode=eval: the teacher's embedding (its head's BatchNorm on running statistics) is a
+# per-image function, so the class statistics of 2 ranks x 1 image can equal those of 1 x 2
+
+
+def _stateful_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dacs_module.class_mix_masks = _even_class_mask
+    import torch.distributed as dist
+
+    trainer = Trainer(load_config("miniscapes_tiny", STATEFUL + ["data.batch_size=1"]), progress=False)
+    trainer.step()
+    trainer.step()
+    result = {"digests": trainer.replica_digests(),
+              "stats": {k: v.clone() for k, v in trainer.method.stats.state_dict().items()},
+              "head_grads": [p.grad.clone() for p in trainer.method.head.parameters()]}
+    torch.save(result, Path(out) / f"rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_a_methods_state_stays_equal_across_ranks_and_equals_the_joint_batch(tmp_path, monkeypatch):
+    ctx = mp.start_processes(_stateful_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2,
+                             join=False, start_method="spawn")
+    deadline = time.monotonic() + 240
+    try:
+        while not ctx.join(timeout=1.0):
+            assert time.monotonic() < deadline, "DDP workers did not finish in 240 s"
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    # the head's gradients are averaged, the statistics updated from the gathered global batch
+    for a, b in zip(ranks[0]["head_grads"], ranks[1]["head_grads"]):
+        assert torch.equal(a, b)
+    assert len(set(ranks[0]["digests"]["method"])) == 1
+    monkeypatch.setattr(dacs_module, "class_mix_masks", _even_class_mask)
+    single = Trainer(load_config("miniscapes_tiny", STATEFUL + ["data.batch_size=2"]), progress=False)
+    single.step()
+    single.step()
+    assert single.method.stats.count.sum() > 0
+    for key, value in single.method.stats.state_dict().items():
+        assert torch.equal(ranks[0]["stats"][key], ranks[1]["stats"][key]), key
+        torch.testing.assert_close(ranks[0]["stats"][key], value, rtol=1e-4, atol=1e-6, msg=key)

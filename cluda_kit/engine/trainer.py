@@ -85,6 +85,7 @@ __all__ = ["Trainer", "StepResult", "NonFiniteLossError", "CheckpointError", "lo
 
 _phase = torch.profiler.record_function  # named ranges of the step, aggregated by bench/step.py
 _digest = state_digest  # the name tests and earlier code use
+_NORMS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
 
 
 @dataclass
@@ -444,6 +445,8 @@ class Trainer:
             torch._foreach_copy_(self._step_buffers(), self._buffers_before)
         self.iter += 1
         nets = [self.student] + ([self.teacher.model] if self.teacher is not None else [])
+        if self.method_state is not None:  # its norm layers; its other buffers are equal by construction
+            nets += [m for m in self.method_state.modules() if isinstance(m, _NORMS)]
         self.ddp.sync_buffers(nets)
         _call(self.callbacks, "on_step_end", self)
         return self.iter

@@ -174,7 +174,8 @@ class Method:
           else) is saved in checkpoints under ``"method"`` and restored on resume.
 
         The trainer moves the module to the device and switches it between train and eval mode
-        with the student; keep a reference to it (or to its parts) on ``self`` for the step.
+        with the student, and under DDP averages its norm layers' statistics after every step as
+        it does the student's; keep a reference to it (or to its parts) on ``self`` for the step.
         """
         return None
 
