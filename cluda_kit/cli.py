@@ -4,14 +4,15 @@
     cluda-kit train --resume RUN_DIR [--set train.max_iters=N]
     cluda-kit evaluate MODEL [--config PRESET] [--dataset NAME --root DIR] [--split S] [--teacher]
                        [--save-predictions DIR]
-    cluda-kit predict CHECKPOINT INPUT... --out DIR [--teacher] [--batch-size N] [--every K]
+    cluda-kit predict CHECKPOINT INPUT... --out DIR [--teacher] [--batch-size N] [--every K] [--overwrite]
     cluda-kit export MODEL --format {safetensors,onnx} --out FILE [--teacher] [--size H W]
     cluda-kit presets
     cluda-kit pretrain [--out FILE] [--iters N] [--classes C] [--seed S] ...
-    cluda-kit prepare {gta,synthia,cityscapes} ROOT [--workers N]
+    cluda-kit prepare {gta,synthia,cityscapes} ROOT [--workers N] [--overwrite] ...
 
 Mistakes in the command line, the config, or the data give one line naming the culprit, not a
-traceback (``--debug`` shows the traceback).
+traceback (``--debug`` shows the traceback). ``predict`` and ``prepare`` go on past a bad file:
+each is reported in one line, a summary follows, and the exit status is 1 when any failed.
 """
 from __future__ import annotations
 
@@ -109,11 +110,15 @@ def _predict(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, teacher=args.teacher, device=_device(args.device))
     print(f"model: {model.source} ({model.mode} inference"
           + (f", resized to fit {model.resize}" if model.resize else "") + f", on {model.device})")
-    counts = predict_files(model, inputs, args.out, batch_size=args.batch_size, every=args.every)
-    print(f"wrote {counts['images']} image(s) and {counts['videos']} video(s) ({counts['frames']} frames) "
+    report = predict_files(model, inputs, args.out, batch_size=args.batch_size, every=args.every,
+                           overwrite=args.overwrite)
+    kinds = [kind for kind, _, _ in report.values]
+    frames = sum(n for _, _, n in report.values)
+    print(f"wrote {kinds.count('image')} image(s) and {kinds.count('video')} video(s) ({frames} frames) "
           f"to {args.out}: *_color.png, *_overlay.png, *_labelIds.png"
-          + (", *_overlay.mp4 and frame labelIds" if counts["videos"] else ""))
-    return 0
+          + (", *_overlay.mp4 and frame labelIds" if inputs.videos else ""))
+    print(f"predict: {report.summary()}" + ("; --overwrite redoes what was done" if report.skipped else ""))
+    return report.exit_code
 
 
 def _device(name: str | None):
@@ -153,11 +158,9 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from .data import prepare
+    from .data.prepare import main as prepare_main
 
-    fn = {"gta": prepare.prepare_gta, "synthia": prepare.prepare_synthia,
-          "cityscapes": prepare.prepare_cityscapes}[args.dataset]
-    return int(fn(args.root, workers=args.workers) or 0)
+    return prepare_main(args.dataset, [args.root, *args.options])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--batch-size", type=int, default=1, help="images forwarded together")
     pd.add_argument("--every", type=int, default=1, help="segment every K-th video frame")
     pd.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    pd.add_argument("--overwrite", action="store_true",
+                    help="redo inputs whose outputs exist (by default a rerun skips them)")
     pd.set_defaults(func=_predict)
 
     from .export import add_parser as add_export_parser  # imports no torch
@@ -227,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="convert a raw dataset download in place")
     pr.add_argument("dataset", choices=["gta", "synthia", "cityscapes"])
     pr.add_argument("root")
-    pr.add_argument("--workers", type=int, default=None)
+    pr.add_argument("options", nargs=argparse.REMAINDER,
+                    help="options of data_scripts/prepare_DATASET.py: --workers N, --overwrite, ...")
     pr.set_defaults(func=_prepare)
 
     return p

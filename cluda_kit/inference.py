@@ -22,8 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .batch import SKIPPED, WRITTEN, BatchReport
+from .fileio import atomic_write
+
 __all__ = ["InputError", "SegmentationModel", "load_model", "predict", "evaluate_model", "save_val_predictions", "predict_files", "collect_inputs",
-           "save_outputs", "overlay", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "ImageLike"]
+           "save_outputs", "overlay", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "IMAGE_OUTPUTS", "ImageLike"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -203,7 +206,7 @@ def _as_uint8_chw(image: ImageLike) -> Tensor:
     from .data.datasets import read_image
 
     if isinstance(image, (str, Path)):
-        return read_image(Path(image))
+        return read_image(Path(image), fast=False)
     if isinstance(image, Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise InputError(f"predict: expected an image tensor (3, H, W), got shape {tuple(image.shape)}")
@@ -390,26 +393,36 @@ def save_outputs(pred: Tensor, image: Tensor | None, out_dir: Path, name: Path,
     images = {"color": colours, "overlay": lambda: overlay(image, colours),
               "labelIds": lambda: table.to_values(arr)}
     written = []
-    base = out_dir / name
-    base.parent.mkdir(parents=True, exist_ok=True)
-    for kind in kinds:
+    for kind, path in zip(kinds, _output_paths(out_dir, name, kinds)):
         data = images[kind]
-        data = data() if callable(data) else data
-        path = base.parent / f"{base.name}_{kind}.png"
-        Image.fromarray(data).save(path)
-        written.append(path)
+        data = Image.fromarray(data() if callable(data) else data)
+        # atomic, so that a file that exists is complete and a rerun may skip it (bulk mode: no
+        # fsync, no scan of a large output folder per file)
+        written.append(atomic_write(path, lambda fh: data.save(fh, format="PNG"), durable=False, sweep=False))
     return written
+
+
+def _output_paths(out_dir: Path, name: Path, kinds: Sequence[str]) -> list[Path]:
+    base = Path(out_dir) / name
+    return [base.parent / f"{base.name}_{kind}.png" for kind in kinds]
 
 
 def _open_video(path: Path):
     try:
         import av
     except ImportError:
-        raise InputError(f"predict: reading the video {path} needs PyAV: pip install 'cluda_kit[video]'") from None
+        raise InputError(f"{path}: reading a video needs PyAV: pip install 'cluda_kit[video]'") from None
     try:
         return av.open(str(path))
     except Exception as err:  # av raises its own error classes per container problem
-        raise InputError(f"predict: cannot open video {path}: {err}") from None
+        raise InputError(f"{path}: not a readable video ({_av_reason(err)})") from None
+
+
+def _av_reason(err: BaseException) -> str:
+    from .batch import describe
+
+    reason = getattr(err, "strerror", None) or describe(err)
+    return reason[:1].lower() + reason[1:]
 
 
 def _video_frames(container, every: int) -> Iterator[tuple[int, Tensor]]:
@@ -418,35 +431,58 @@ def _video_frames(container, every: int) -> Iterator[tuple[int, Tensor]]:
             yield i, torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
 
 
+IMAGE_OUTPUTS = ("color", "overlay", "labelIds")
+
+
 def predict_files(model: SegmentationModel, inputs: Inputs, out_dir: str | Path, *, batch_size: int = 1,
-                  every: int = 1, progress: bool = True) -> dict[str, int]:
+                  every: int = 1, overwrite: bool = False, progress: bool = True) -> BatchReport:
     """Segment every image and video of ``inputs`` into ``out_dir`` with a progress bar.
 
     An image ``name`` gives ``name_color.png``, ``name_overlay.png`` and ``name_labelIds.png``.
     A video gives ``name_overlay.mp4`` (H.264, the input's frame rate divided by ``every``) and
-    ``name/frame_NNNNNN_labelIds.png`` for each ``every``-th frame. Returns counts of what was
-    written: {"images": n, "videos": n, "frames": n}.
-    """
-    from tqdm.auto import tqdm
+    ``name/frame_NNNNNN_labelIds.png`` for each ``every``-th frame. Every file is written
+    atomically, so an item whose outputs exist (for a video its ``.mp4``, written last) was done
+    completely and is skipped; ``overwrite`` redoes it. A bad item (unreadable, refused by
+    :func:`~cluda_kit.data.datasets.read_image`'s rules, a video without a decodable frame) is
+    reported in one line and the rest go on.
 
+    Returns:
+        The :class:`~cluda_kit.batch.BatchReport` over images and videos; its ``values`` hold
+        ``(kind, path, frames)`` of each item written ("image" or "video"; frames 0 for an image).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    counts = {"images": 0, "videos": 0, "frames": 0}
-    bar = tqdm(total=len(inputs.images), desc="predict images", unit="img", disable=not progress or not inputs.images)
-    for start in range(0, len(inputs.images), max(1, batch_size)):
-        chunk = inputs.images[start:start + max(1, batch_size)]
-        images = [_as_uint8_chw(path) for path, _ in chunk]
-        preds = predict(model, images, batch_size=batch_size)
-        for (_, name), image, pred in zip(chunk, images, preds):
-            save_outputs(pred, image, out_dir, name, table=model.table)
-        counts["images"] += len(chunk)
-        bar.update(len(chunk))
-    bar.close()
-    for path, name in inputs.videos:
-        counts["frames"] += _predict_video(model, path, out_dir, name, every=every, batch_size=batch_size,
-                                           progress=progress)
-        counts["videos"] += 1
-    return counts
+    report = BatchReport(len(inputs.images) + len(inputs.videos), "predict", progress)
+    todo = []
+    for path, name in inputs.images:
+        if not overwrite and all(p.is_file() for p in _output_paths(out_dir, name, IMAGE_OUTPUTS)):
+            report.add(SKIPPED)
+        else:
+            todo.append((path, name))
+    step = max(1, batch_size)
+    try:
+        for start in range(0, len(todo), step):
+            loaded = []
+            for path, name in todo[start:start + step]:
+                with report.guard(path):
+                    loaded.append((path, name, _as_uint8_chw(path)))
+            # a failing forward pass is a problem of the model or device, not of an item: it stops
+            preds = predict(model, [image for _, _, image in loaded], batch_size=batch_size) if loaded else []
+            for (path, name, image), pred in zip(loaded, preds):
+                with report.guard(path):
+                    save_outputs(pred, image, out_dir, name, IMAGE_OUTPUTS, table=model.table)
+                    report.add(WRITTEN, ("image", path, 0))
+        for path, name in inputs.videos:
+            if not overwrite and (out_dir / f"{name}_overlay.mp4").is_file():
+                report.add(SKIPPED)
+                continue
+            with report.guard(path):
+                frames = _predict_video(model, path, out_dir, name, every=every, batch_size=batch_size,
+                                        progress=progress)
+                report.add(WRITTEN, ("video", path, frames))
+    finally:
+        report.close()
+    return report
 
 
 def _predict_video(model: SegmentationModel, path: Path, out_dir: Path, name: Path, *, every: int,
@@ -455,54 +491,62 @@ def _predict_video(model: SegmentationModel, path: Path, out_dir: Path, name: Pa
     from tqdm.auto import tqdm
 
     src = _open_video(path)
-    if not src.streams.video:
-        src.close()
-        raise InputError(f"predict: {path} has no video stream")
-    stream = src.streams.video[0]
-    rate = stream.average_rate or 25
-    total = (stream.frames // every + (stream.frames % every > 0)) if stream.frames else None
-    frames_dir = out_dir / name
-    frames_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"{name}_overlay.mp4"
-    dst = av.open(str(target), "w")
-    enc = None
+    bar = None
     n = 0
-    bar = tqdm(total=total, desc=f"predict {path.name}", unit="frame", disable=not progress)
     try:
-        pending: list[tuple[int, Tensor]] = []
+        if not src.streams.video:
+            raise InputError(f"{path}: no video stream")
+        stream = src.streams.video[0]
+        rate = stream.average_rate or 25
+        total = (stream.frames // every + (stream.frames % every > 0)) if stream.frames else None
+        frames_dir = out_dir / name
+        bar = tqdm(total=total, desc=f"predict {path.name}", unit="frame", disable=not progress, leave=False)
 
-        def flush() -> None:
-            nonlocal enc, n
-            preds = predict(model, [im for _, im in pending], batch_size=batch_size)
-            for (i, image), pred in zip(pending, preds):
-                save_outputs(pred, image, frames_dir, Path(f"frame_{i:06d}"), kinds=("labelIds",),
-                             table=model.table)
-                blended = overlay(image, model.table.colorize(pred.numpy().astype(np.uint8)))
+        def encode(fh) -> None:
+            nonlocal n
+            dst = av.open(fh, "w", format="mp4")
+            enc = None
+            pending: list[tuple[int, Tensor]] = []
+
+            def flush() -> None:
+                nonlocal enc, n
+                preds = predict(model, [im for _, im in pending], batch_size=batch_size)
+                for (i, image), pred in zip(pending, preds):
+                    save_outputs(pred, image, frames_dir, Path(f"frame_{i:06d}"), kinds=("labelIds",),
+                                 table=model.table)
+                    blended = overlay(image, model.table.colorize(pred.numpy().astype(np.uint8)))
+                    if enc is None:
+                        enc = dst.add_stream("libx264", rate=rate / every if every > 1 else rate)
+                        enc.height, enc.width = blended.shape[0] // 2 * 2, blended.shape[1] // 2 * 2
+                        enc.pix_fmt = "yuv420p"
+                    frame = av.VideoFrame.from_ndarray(blended[: enc.height, : enc.width], format="rgb24")
+                    for packet in enc.encode(frame):
+                        dst.mux(packet)
+                    n += 1
+                bar.update(len(pending))
+                pending.clear()
+
+            try:
+                try:
+                    for i, image in _video_frames(src, every):
+                        pending.append((i, image))
+                        if len(pending) == max(1, batch_size):
+                            flush()
+                except av.FFmpegError as err:  # the frames before the damage are kept
+                    raise InputError(f"{path}: not a readable video after frame {n} ({_av_reason(err)})") from None
+                if pending:
+                    flush()
                 if enc is None:
-                    enc = dst.add_stream("libx264", rate=rate / every if every > 1 else rate)
-                    enc.height, enc.width = blended.shape[0] // 2 * 2, blended.shape[1] // 2 * 2
-                    enc.pix_fmt = "yuv420p"
-                frame = av.VideoFrame.from_ndarray(blended[: enc.height, : enc.width], format="rgb24")
-                for packet in enc.encode(frame):
+                    raise InputError(f"{path}: no decodable frame (corrupt or truncated video)")
+                for packet in enc.encode():
                     dst.mux(packet)
-                n += 1
-            bar.update(len(pending))
-            pending.clear()
+            finally:
+                dst.close()
 
-        for i, image in _video_frames(src, every):
-            pending.append((i, image))
-            if len(pending) == max(1, batch_size):
-                flush()
-        if pending:
-            flush()
-        if enc is not None:
-            for packet in enc.encode():
-                dst.mux(packet)
+        # written last and atomically: a video whose .mp4 exists is done
+        atomic_write(out_dir / f"{name}_overlay.mp4", encode, durable=False, sweep=False)
     finally:
-        bar.close()
-        dst.close()
+        if bar is not None:
+            bar.close()
         src.close()
-    if n == 0:
-        target.unlink(missing_ok=True)
-        raise InputError(f"predict: {path} has no decodable frame")
     return n

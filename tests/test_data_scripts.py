@@ -190,9 +190,9 @@ def test_truncated_image_and_label_are_named_and_the_rest_converted(tmp_path, ca
     truncate(tmp_path / "labels" / "00002.png")
     code, text = _run_main("gta", tmp_path, capsys)
     assert code == 1
-    assert f"{tmp_path / 'images' / '00001.png'}: unreadable image" in text
-    assert f"{tmp_path / 'labels' / '00002.png'}: unreadable label" in text
-    assert "1 converted" in text and "2 errors" in text
+    assert f"failed: {tmp_path / 'images' / '00001.png'}: not a readable image" in text
+    assert f"failed: {tmp_path / 'labels' / '00002.png'}: not a readable label" in text
+    assert "1 written, 0 skipped (already done), 2 failed" in text
     assert sorted(p.name for p in (tmp_path / "labels").glob("*_labelTrainIds.png")) == ["00003_labelTrainIds.png"]
     assert list(_stats(tmp_path)) == ["labels/00003_labelTrainIds.png"]
     assert _no_temp_files(tmp_path)
@@ -273,7 +273,7 @@ def test_script_runs_from_a_checkout(tmp_path):
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert "1 converted" in done.stdout
+    assert "1 written" in done.stdout
     missing = subprocess.run(
         [sys.executable, str(REPO / "data_scripts" / "prepare_synthia.py"), str(tmp_path)],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,

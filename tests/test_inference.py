@@ -195,9 +195,9 @@ def test_cli_predict_errors_are_one_line(run, tmp_path, capsys):
     assert main(["predict", str(tmp_path), str(tmp_path / "notes.txt"), "--out", str(tmp_path / "o")]) == 2
     broken = tmp_path / "bad.mp4"
     broken.write_bytes(b"not a video")
-    assert main(["predict", str(run), str(broken), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "bad.mp4" in err[-1]
+    assert main(["predict", str(run), str(broken), "--out", str(tmp_path / "o")]) == 1  # a bad item
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("cluda-kit:", "failed:"))]
+    assert len(err) == 2 and err[-1].startswith(f"failed: {broken}: not a readable video")
 
 
 def test_public_api_is_lazy_typed_and_listed():

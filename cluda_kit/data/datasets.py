@@ -51,6 +51,8 @@ __all__ = [
     "build_dataset",
     "read_image",
     "read_label",
+    "describe_unreadable",
+    "refused_mode",
 ]
 
 STATS_FILE = "sample_class_stats.json"
@@ -83,35 +85,76 @@ def _torchvision_decoder():
     return lambda path: decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """Read an image file as a uint8 (3, H, W) RGB tensor; errors name the file.
+# single-channel images of more than 8 bits: depth, disparity, instance or label maps, not photos
+_DEEP_GREY_MODES = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
+
+
+def describe_unreadable(path: Path, err: BaseException, what: str = "image") -> str:
+    """What is wrong with an image or label file that cannot be decoded, in words for one line
+    (the file is not named: the caller puts it in front)."""
+    from cluda_kit.batch import describe
+
+    if isinstance(err, (IsADirectoryError, PermissionError)):
+        return describe(err)
+    if isinstance(err, Image.DecompressionBombError):
+        return f"{what} too large to decode safely ({err})"
+    try:
+        if Path(path).stat().st_size == 0:
+            return "empty file (0 bytes)"
+    except OSError:
+        pass
+    if isinstance(err, Image.UnidentifiedImageError):
+        return f"not a readable {what} (unknown format or corrupt data)"
+    return f"not a readable {what} (corrupt or truncated data)"
+
+
+def refused_mode(img: Image.Image) -> str | None:
+    """Why the opened image ``img`` is no photo the kit reads (None when it is one)."""
+    bits = _DEEP_GREY_MODES.get(img.mode)
+    if bits is None:
+        return None
+    return (f"{bits}-bit single-channel image (PIL mode {img.mode}: a depth or label map?); expected "
+            "an 8-bit RGB, greyscale or palette image, or 16-bit RGB")
+
+
+def read_image(path: Path, *, fast: bool = True) -> torch.Tensor:
+    """Read an image file as a uint8 (3, H, W) RGB tensor; errors name the file and say what is wrong.
 
     PNG, JPEG and WebP are decoded by ``torchvision.io`` straight into a tensor: on a 3.8 MB
     1914x1052 PNG it took 31 ms against Pillow's 43 ms and OpenCV's 40 ms, same pixels
-    (``python -m bench --only data``, "decoders"); other formats (BMP, TIFF, ...) by Pillow.
+    (``python -m bench --only data``, "decoders"). Other formats, and what torchvision does not
+    decode to 8 bits, go through Pillow. Converted to RGB: greyscale, palette and CMYK images; an
+    alpha channel is dropped (the colour channels as stored); a 16-bit colour image keeps its top
+    8 bits. Refused with a :class:`DatasetError`: a single-channel image of more than 8 bits (a
+    depth, disparity or label map rather than a photo) and a file that is empty, cut or no image.
+    ``fast=False`` reads with Pillow only: libpng inside torchvision prints its own complaint about
+    a corrupt PNG on stderr, which a batch that reports each bad file in one line must not show.
     """
     path = Path(path)
-    decode = _torchvision_decoder() if path.suffix.lower() in _TV_DECODES else None
+    decode = _torchvision_decoder() if fast and path.suffix.lower() in _TV_DECODES else None
     if decode is not None:
         import warnings
 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                return decode(path)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image file {path} does not exist") from None
-        except RuntimeError as exc:
-            if not path.is_file():
-                raise FileNotFoundError(f"image file {path} does not exist") from None
-            raise DatasetError(f"cannot read image {path}: {' '.join(str(exc).split())[:200]}") from None
+                image = decode(path)
+            if image.dtype == torch.uint8:
+                return image
+        except RuntimeError:
+            pass  # Pillow reads what torchvision refused, or says in words what is wrong with it
     try:
         with Image.open(path) as img:
+            refused = refused_mode(img)
+            if refused is not None:
+                raise DatasetError(f"{path}: {refused}")
             arr = np.asarray(img.convert("RGB"))
+    except DatasetError:
+        raise
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path} does not exist") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"cannot read image {path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise many kinds of error on a bad file
+        raise DatasetError(f"{path}: {describe_unreadable(path, exc)}") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 

@@ -16,12 +16,14 @@ counts for rare class sampling; Cityscapes: train split only), the files the rea
   ``cityscapesscripts.preparation.json2labelImg.createLabelImage`` (``--from-polygons`` forces that).
 
 Properties: idempotent (an output newer than its raw label is kept, and its statistics are reused
-from the previous statistics file when that is newer still; ``--force`` redoes everything),
+from the previous statistics file when that is newer still; ``--overwrite`` redoes everything),
 parallel (``ProcessPoolExecutor``), atomic (:mod:`cluda_kit.fileio`: temporary file in the same folder, then ``os.replace``).
-Every raw label is checked: readable, same size as its image, which must exist and be readable, and
+Every raw label is checked: readable, same size as its image, which must exist, be readable and
+be a photo :func:`~cluda_kit.data.datasets.read_image` takes (no 16-bit single-channel map), and
 only ids from the dataset's table (else an error naming the file; ``--allow-unknown-ids`` maps them
-to 255 with a warning instead).  Per-file errors are collected and summarised, the other files are
-converted, and the exit code is 1; a missing root or folder is fatal (exit code 2).
+to 255 with a warning instead).  Each bad file is reported in one line as it is found
+(:mod:`cluda_kit.batch`), the other files are converted, a summary closes ("3 written, 1 skipped
+(already done), 1 failed") and the exit code is 1; a missing root or folder is fatal (exit code 2).
 
 **make_miniscapes** (:func:`write_miniscapes`) renders :class:`~cluda_kit.data.miniscapes.Miniscapes`
 samples in the raw layouts: ``game`` -> GTA5 (labels as a palette PNG of labelIds with the Cityscapes
@@ -48,8 +50,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from cluda_kit.batch import SKIPPED, WRITTEN, BatchReport, ItemError, describe, run_batch, summary
 from cluda_kit.data import labels as L
-from cluda_kit.data.datasets import STATS_FILE  # the layout the readers expect
+from cluda_kit.data.datasets import STATS_FILE, describe_unreadable, refused_mode  # the readers' rules
 from cluda_kit.fileio import atomic_write
 
 __all__ = [
@@ -132,10 +135,17 @@ def write_png16(path: Path, arr: np.ndarray) -> None:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image, after checking that the whole file is intact (PIL ``verify``)."""
-    with Image.open(path) as img:
-        width, height = img.size
-        img.verify()
+    """(H, W) of an image, after checking that the whole file is intact (PIL ``verify``) and is
+    a photo the readers take (:func:`~cluda_kit.data.datasets.read_image`'s rules)."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            refused = refused_mode(img)
+            img.verify()
+    except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable image
+        raise ItemError(f"{path}: {describe_unreadable(path, exc)}") from None
+    if refused is not None:
+        raise ItemError(f"{path}: {refused}")
     return height, width
 
 
@@ -143,7 +153,7 @@ def _read_index_png(path: Path) -> np.ndarray:
     """A palette or greyscale PNG as its raw indices (uint8 (H, W))."""
     with Image.open(path) as img:
         if img.mode not in ("P", "L"):
-            raise ValueError(f"PIL mode {img.mode!r}; expected a palette (P) or greyscale (L) PNG of label ids")
+            raise ItemError(f"{path}: PIL mode {img.mode!r}; expected a palette (P) or greyscale (L) PNG of label ids")
         return np.array(img)
 
 
@@ -162,16 +172,6 @@ class _Job:
     cached: tuple[tuple[int, int], ...] | None  # counts from a previous statistics file newer than out
 
 
-@dataclass
-class _Outcome:
-    key: str
-    counted: bool
-    status: str  # "converted" | "up to date" | "failed"
-    counts: dict[int, int] | None = None
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-
 def _counts(train_ids: np.ndarray) -> dict[int, int]:
     hist = np.bincount(train_ids.ravel(), minlength=256)[: L.NUM_CLASSES]
     return {int(c): int(n) for c, n in enumerate(hist) if n > 0}
@@ -185,15 +185,18 @@ _KNOWN_IDS = {
 _TABLE_NAME = {"gta": "Cityscapes labelIds", "cs-ids": "Cityscapes labelIds", "synthia": "SYNTHIA ids 0..22"}
 
 
-def _raw_train_ids(job: _Job, outcome: _Outcome, allow_unknown: bool) -> np.ndarray | None:
-    """The trainIds of the job's raw label, or None after recording an error in ``outcome``."""
+def _raw_train_ids(job: _Job, warnings: list[str], allow_unknown: bool) -> np.ndarray:
+    """The trainIds of the job's raw label; :class:`ItemError` naming the file when it is wrong."""
     if job.fmt == "cs-json":
         from cityscapesscripts.helpers.annotation import Annotation
         from cityscapesscripts.helpers.labels import name2label
         from cityscapesscripts.preparation.json2labelImg import createLabelImage
 
         annotation = Annotation()
-        annotation.fromJsonFile(str(job.source))
+        try:
+            annotation.fromJsonFile(str(job.source))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ItemError(f"{job.source}: not a readable polygons file ({describe(exc)})") from None
         unknown = sorted(
             {
                 o.label
@@ -202,73 +205,55 @@ def _raw_train_ids(job: _Job, outcome: _Outcome, allow_unknown: bool) -> np.ndar
             }
         )
         if unknown:
-            outcome.errors.append(f"{job.source}: polygon labels {unknown} are not Cityscapes label names")
-            return None
+            raise ItemError(f"{job.source}: polygon labels {unknown} are not Cityscapes label names")
         return np.array(createLabelImage(annotation, "trainIds"), dtype=np.uint8)
+    try:
+        raw = read_png16(job.source) if job.fmt == "synthia" else _read_index_png(job.source)
+    except ItemError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable label
+        raise ItemError(f"{job.source}: {describe_unreadable(job.source, exc, 'label')}") from None
     if job.fmt == "synthia":
-        raw = read_png16(job.source)
         if raw.ndim != 3 or raw.shape[2] < 3:
-            outcome.errors.append(
-                f"{job.source}: shape {raw.shape}; expected a 3-channel SYNTHIA label PNG with the class id in R"
-            )
-            return None
+            raise ItemError(f"{job.source}: shape {raw.shape}; expected a 3-channel SYNTHIA label PNG with the class id in R")
         ids = raw[..., 0]
     else:
-        ids = _read_index_png(job.source)
+        ids = raw
     unknown = np.setdiff1d(np.unique(ids), _KNOWN_IDS[job.fmt])
     if unknown.size:
         message = f"{job.source}: label ids {unknown.tolist()[:10]} are outside the {_TABLE_NAME[job.fmt]} table"
         if not allow_unknown:
-            outcome.errors.append(message + " (--allow-unknown-ids maps them to 255)")
-            return None
-        outcome.warnings.append(message + "; mapped to 255")
+            raise ItemError(message + " (--allow-unknown-ids maps them to 255)")
+        warnings.append(message + "; mapped to 255")
     to_train = L.synthia_to_train_ids if job.fmt == "synthia" else L.cityscapes_to_train_ids
     return to_train(ids)
 
 
-def _convert(job: _Job, force: bool, allow_unknown: bool) -> _Outcome:
-    """Convert one raw label; never raises (errors are recorded with the file name)."""
-    outcome = _Outcome(job.key, job.counted, "failed")
-    try:
-        if not force and job.out.is_file() and job.out.stat().st_mtime >= job.source.stat().st_mtime:
-            if job.counted and job.cached is not None:
-                outcome.counts = dict(job.cached)
-            elif job.counted:
-                try:
-                    outcome.counts = _counts(_read_index_png(job.out))
-                except Exception as exc:  # noqa: BLE001 - a damaged output: report it, --force rewrites it
-                    outcome.errors.append(f"{job.out}: unreadable output ({type(exc).__name__}: {exc}); rerun with --force")
-                    return outcome
-            outcome.status = "up to date"
-            return outcome
-        if not job.image.is_file():
-            outcome.errors.append(f"{job.source}: its image {job.image} does not exist")
-            return outcome
-        try:
-            image_size = _image_size(job.image)
-        except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable image
-            outcome.errors.append(f"{job.image}: unreadable image ({type(exc).__name__}: {exc})")
-            return outcome
-        try:
-            train_ids = _raw_train_ids(job, outcome, allow_unknown)
-        except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable label
-            outcome.errors.append(f"{job.source}: unreadable label ({type(exc).__name__}: {exc})")
-            return outcome
-        if train_ids is None:
-            return outcome
-        if train_ids.shape != image_size:
-            outcome.errors.append(
-                f"{job.source}: label is {train_ids.shape[1]}x{train_ids.shape[0]} (WxH) but its image "
-                f"{job.image} is {image_size[1]}x{image_size[0]}"
-            )
-            return outcome
-        _save_pil(job.out, Image.fromarray(np.ascontiguousarray(train_ids, dtype=np.uint8)))
-        outcome.status = "converted"
-        outcome.counts = _counts(train_ids) if job.counted else None
-    except Exception as exc:  # noqa: BLE001 - report, never a bare traceback
-        outcome.errors.append(f"{job.source}: {type(exc).__name__}: {exc}")
-        outcome.status = "failed"
-    return outcome
+def _convert(job: _Job, force: bool, allow_unknown: bool) -> tuple[str, tuple]:
+    """Convert one raw label: (WRITTEN or SKIPPED, (key, class counts or None, warnings));
+    :class:`ItemError` naming the file when it cannot be converted."""
+    warnings: list[str] = []
+    if not force and job.out.is_file() and job.out.stat().st_mtime >= job.source.stat().st_mtime:
+        counts = None
+        if job.counted and job.cached is not None:
+            counts = dict(job.cached)
+        elif job.counted:
+            try:
+                counts = _counts(_read_index_png(job.out))
+            except Exception as exc:  # noqa: BLE001 - a damaged output: report it, --overwrite rewrites it
+                raise ItemError(f"{job.out}: {describe_unreadable(job.out, exc, 'output')}; rerun with --overwrite") from None
+        return SKIPPED, (job.key, counts, warnings)
+    if not job.image.is_file():
+        raise ItemError(f"{job.source}: its image {job.image} does not exist")
+    image_size = _image_size(job.image)
+    train_ids = _raw_train_ids(job, warnings, allow_unknown)
+    if train_ids.shape != image_size:
+        raise ItemError(
+            f"{job.source}: label is {train_ids.shape[1]}x{train_ids.shape[0]} (WxH) but its image "
+            f"{job.image} is {image_size[1]}x{image_size[0]}"
+        )
+    _save_pil(job.out, Image.fromarray(np.ascontiguousarray(train_ids, dtype=np.uint8)))
+    return WRITTEN, (job.key, _counts(train_ids) if job.counted else None, warnings)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,7 +346,8 @@ def _parallel_map(
 
 @dataclass
 class PrepareReport:
-    """What :func:`prepare` did. ``errors``: files not converted (with the reason); ``warnings``: the rest."""
+    """What :func:`prepare` did. ``errors``: one line per file not converted (naming it, and what is
+    wrong); ``warnings``: the rest."""
 
     dataset: str
     root: Path
@@ -376,6 +362,9 @@ class PrepareReport:
     def ok(self) -> bool:
         return not self.errors
 
+    def summary(self) -> str:
+        return summary(self.converted, self.up_to_date, len(self.errors))
+
 
 def prepare(
     dataset: str,
@@ -389,12 +378,13 @@ def prepare(
 ) -> PrepareReport:
     """Convert a raw ``dataset`` ("gta", "synthia" or "cityscapes") under ``root`` in place.
 
-    See the module docstring for the layouts and rules.  Per-file problems end up in the report;
-    a missing root or folder raises :class:`PrepareError`.
+    See the module docstring for the layouts and rules.  A bad file is reported on stderr in one
+    line (``failed: FILE: what is wrong``) as it is found, and listed in the report's ``errors``;
+    the rest are converted.  A missing root or folder raises :class:`PrepareError`.
 
     Args:
         workers: processes (<= 1: in this process).
-        force: reconvert outputs that look up to date.
+        force: reconvert outputs that look up to date (``--overwrite``).
         allow_unknown_ids: map ids outside the dataset's table to 255 (a warning) instead of failing the file.
         from_polygons: Cityscapes only: rasterise ``_gtFine_polygons.json`` even where ``_gtFine_labelIds.png`` exists.
         progress: show a progress bar.
@@ -405,16 +395,17 @@ def prepare(
     if not root.is_dir():
         raise PrepareError(f"dataset root {root} does not exist or is not a folder")
     report = PrepareReport(dataset, root)
+    problems: list[str] = []
     if dataset == "gta":
         _require_dir(root / "images", "the GTA5 images/ folder (NNNNN.png)")
         _require_dir(root / "labels", "the GTA5 labels/ folder (NNNNN.png)")
-        specs = _flat_jobs(root, root / "images", root / "labels", "gta", report.errors)
+        specs = _flat_jobs(root, root / "images", root / "labels", "gta", problems)
     elif dataset == "synthia":
         _require_dir(root / "RGB", "the SYNTHIA-RAND-CITYSCAPES RGB/ folder")
         _require_dir(root / "GT" / "LABELS", "the SYNTHIA-RAND-CITYSCAPES GT/LABELS/ folder")
-        specs = _flat_jobs(root, root / "RGB", root / "GT" / "LABELS", "synthia", report.errors)
+        specs = _flat_jobs(root, root / "RGB", root / "GT" / "LABELS", "synthia", problems)
     else:
-        specs = _cityscapes_jobs(root, from_polygons, report.errors)
+        specs = _cityscapes_jobs(root, from_polygons, problems)
 
     stats_path = root / STATS_FILE
     previous, stats_mtime = _load_previous_stats(stats_path, report.warnings)
@@ -423,17 +414,17 @@ def prepare(
         cached = previous.get(key) if counted and out.is_file() and out.stat().st_mtime <= stats_mtime else None
         jobs.append(_Job(key, src, image, out, fmt, counted, cached))
 
+    batch = BatchReport(len(jobs) + len(problems), f"prepare {dataset}", progress)
+    for line in problems:  # images without a label: found before the work starts
+        batch.fail(None, line)
     convert = functools.partial(_convert, force=force, allow_unknown=allow_unknown_ids)
+    run_batch(convert, jobs, name=lambda job: job.source, workers=workers, report=batch)
     counts: dict[str, dict[int, int]] = {}
-    for outcome in _parallel_map(convert, jobs, workers, f"prepare {dataset}", progress):
-        report.errors.extend(outcome.errors)
-        report.warnings.extend(outcome.warnings)
-        if outcome.status == "converted":
-            report.converted += 1
-        elif outcome.status == "up to date":
-            report.up_to_date += 1
-        if outcome.counted and outcome.counts is not None:
-            counts[outcome.key] = outcome.counts
+    for key, job_counts, warnings in batch.values:
+        report.warnings.extend(warnings)
+        if job_counts is not None:
+            counts[key] = job_counts
+    report.converted, report.up_to_date, report.errors = batch.written, batch.skipped, batch.failed
     entries = [{"file": key, **{str(c): n for c, n in sorted(counts[key].items())}} for key in sorted(counts)]
     _atomic_write(stats_path, lambda f: f.write(json.dumps(entries, indent=1).encode()))
     report.stats_path, report.stats_files = stats_path, len(entries)
@@ -454,11 +445,13 @@ def main(dataset: str, argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=SCRIPTS[dataset],
         description=f"Convert a raw {names[dataset]} download in place: write *_labelTrainIds.png next to "
-        f"the raw labels and {STATS_FILE} (class pixel counts for rare class sampling).",
+        f"the raw labels and {STATS_FILE} (class pixel counts for rare class sampling). A bad file is "
+        "reported in one line and the rest converted (exit status 1); a rerun skips what is done.",
     )
     parser.add_argument("root", type=Path, help="the dataset root")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
-    parser.add_argument("--force", action="store_true", help="reconvert files that look up to date")
+    parser.add_argument("--overwrite", "--force", dest="force", action="store_true",
+                        help="reconvert files that look up to date")
     parser.add_argument(
         "--allow-unknown-ids", action="store_true", help="map label ids outside the table to 255 instead of failing the file"
     )
@@ -479,16 +472,11 @@ def main(dataset: str, argv: Sequence[str] | None = None) -> int:
     except PrepareError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
-    print(
-        f"{names[dataset]} at {report.root}: {report.converted} converted, {report.up_to_date} up to date, "
-        f"{len(report.errors)} errors; wrote {report.stats_path} ({report.stats_files} files)"
-    )
     if report.warnings:
         _print_list("WARNING", report.warnings)
-    if report.errors:
-        _print_list("ERROR: these files were not converted", report.errors)
-        return 1
-    return 0
+    print(f"{names[dataset]} at {report.root}: {report.summary()}; wrote {report.stats_path} "
+          f"({report.stats_files} files)" + ("; --overwrite redoes what was done" if report.up_to_date else ""))
+    return 0 if report.ok else 1
 
 
 # ----------------------------------------------------------------------------------------------
