@@ -88,6 +88,8 @@ class HRDAConfig:
     # (0-based) iteration, as the release's `local_iter > 12000` (CLUDA: 12000); None = always random
     entropy_window_per_image: bool = True  # each image its own max-entropy window (the release);
     # False: one window for the batch (mean entropy over the batch)
+    entropy_window_compat: bool = False  # the release's max-entropy search: its entropy map resized
+    # nearest and overwritten in place while searching (docs/method.md §9); False: the argmax window
     attention_dim: int | None = 256  # width (per-level embedding and fused channels) of the scale
     # attention and feat_weighter heads: the release's attention_embed_dim; None = the decoder's
     # model.embed_dim and model.fused_dim

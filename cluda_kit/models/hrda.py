@@ -217,7 +217,8 @@ def fuse_scales(context_logits: Tensor, detail_canvas: Tensor, attention: Tensor
 
 @torch.no_grad()
 def max_entropy_window(context_logits: Tensor, image_size: tuple[int, int], window: tuple[int, int],
-                       stride: tuple[int, int], divisible: int = 8, per_image: bool = False) -> Boxes:
+                       stride: tuple[int, int], divisible: int = 8, per_image: bool = False,
+                       compat: bool = False) -> Boxes:
     """The window of the batch with the highest mean prediction entropy (CLUDA's choice of the mixed
     batch's detail window after iteration 12 000).
 
@@ -227,34 +228,88 @@ def max_entropy_window(context_logits: Tensor, image_size: tuple[int, int], wind
         window: (h, w) window size (512, 512); clipped to the image.
         stride: (sh, sw) between candidate starts (256, 256), see :func:`window_starts`.
         divisible: candidate corners are multiples of this (8).
+        per_image: one window per image (the release) instead of one for the batch.
+        compat: the release's search (:func:`_release_entropy_search`) instead of the argmax.
 
     The per-pixel entropy -sum_c p_c log p_c of softmax(logits) is bilinearly resized to H x W;
     the score of a window is its mean over the window and the batch, or, with ``per_image`` (the
     release), over the window in each image, giving each image its own window. Ties go to the
-    first candidate in row-major order. Returns (y0, x0, y1, x1), or a list of B of them with
+    first candidate in row-major order. With ``compat`` (``model.hrda.entropy_window_compat``) the
+    release's procedure instead: its entropy map resized by nearest neighbour and its in-place
+    search (:func:`_release_entropy_search`), whose window differs from the argmax's for about a
+    fifth of images (docs/method.md §9). Returns (y0, x0, y1, x1), or a list of B of them with
     ``per_image``. One host sync (the argmaxes).
     """
-    logp = F.log_softmax(context_logits.float(), dim=1)
-    ent = -(logp.exp() * logp).sum(dim=1, keepdim=True)
-    ent = F.interpolate(ent, size=tuple(image_size), mode="bilinear", align_corners=False)[:, 0]
-    if not per_image:
-        ent = ent.mean(dim=0, keepdim=True)
     (height, width), (wh, ww) = image_size, window
     wh, ww = min(wh, height), min(ww, width)
-    # integral images (one per image, or one for the batch): every window sum in one gather
-    integral = F.pad(ent.double().cumsum(1).cumsum(2), (1, 0, 1, 0))
-    ys = host_tensor(window_starts(height, wh, stride[0], divisible), ent.device)
-    xs = host_tensor(window_starts(width, ww, stride[1], divisible), ent.device)
-    y0, x0 = ys[:, None], xs[None, :]
-    sums = (integral[:, y0 + wh, x0 + ww] - integral[:, y0, x0 + ww] - integral[:, y0 + wh, x0]
-            + integral[:, y0, x0])
-    best = sums.flatten(1).argmax(dim=1)
+    starts_y = window_starts(height, wh, stride[0], divisible)
+    starts_x = window_starts(width, ww, stride[1], divisible)
+    ys = host_tensor(starts_y, context_logits.device)
+    xs = host_tensor(starts_x, context_logits.device)
+    if compat:
+        ent = _release_entropy(context_logits, image_size)
+        if not per_image:
+            ent = ent.mean(dim=0, keepdim=True)
+        best = _release_entropy_search(ent, [(y, x) for y in starts_y for x in starts_x], (wh, ww))
+    else:
+        logp = F.log_softmax(context_logits.float(), dim=1)
+        ent = -(logp.exp() * logp).sum(dim=1, keepdim=True)
+        ent = F.interpolate(ent, size=tuple(image_size), mode="bilinear", align_corners=False)[:, 0]
+        if not per_image:
+            ent = ent.mean(dim=0, keepdim=True)
+        # integral images (one per image, or one for the batch): every window sum in one gather
+        integral = F.pad(ent.double().cumsum(1).cumsum(2), (1, 0, 1, 0))
+        y0, x0 = ys[:, None], xs[None, :]
+        sums = (integral[:, y0 + wh, x0 + ww] - integral[:, y0, x0 + ww] - integral[:, y0 + wh, x0]
+                + integral[:, y0, x0])
+        best = sums.flatten(1).argmax(dim=1)
     host = torch.stack([ys[best // xs.numel()], xs[best % xs.numel()]], dim=1).flatten().cpu()  # the one sync
     flat = []
     for v in host:  # int() of host values: visible to the CPU sync audit (tolist() is not)
         flat.append(int(v))
     boxes = [(by, bx, by + wh, bx + ww) for by, bx in zip(flat[0::2], flat[1::2])]
     return boxes if per_image else boxes[0]
+
+
+def _release_entropy(context_logits: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """The release's entropy map (its ``get_entropy``, then a nearest resize): softmax
+    probabilities, a probability of exactly 0 replaced by 1e-8, -sum_c p_c log p_c / (C log C),
+    resized to ``image_size`` by nearest neighbour. (B, C, hc, wc) logits -> (B, H, W) float32."""
+    p = F.softmax(context_logits.float(), dim=1)
+    p = torch.where(p == 0, torch.full_like(p, 1e-8), p)
+    k = float(p.shape[1])  # the release writes 19, the number of classes of its presets
+    ent = -(p * p.log()).sum(dim=1, keepdim=True) / (k * math.log(k))
+    return F.interpolate(ent, size=tuple(image_size), mode="nearest")[:, 0]
+
+
+def _release_entropy_search(ent: Tensor, starts: list[tuple[int, int]], window: tuple[int, int]) -> Tensor:
+    """The release's max-entropy search (``max_entropy_crop`` of CLUDA's
+    ``hrda_encoder_decoder.py``) on maps ``ent`` (B, H, W) over the windows of size ``window`` at
+    ``starts`` (row-major): (B,) the index in ``starts`` of the window each image ends on.
+
+    The release keeps its best window as a *view* of the entropy map at the first candidate and
+    assigns a better candidate into that view, so the map's first window is overwritten with the
+    best values so far, and every later candidate that overlaps the first window is scored on the
+    overwritten values. Each comparison is strict (``>``) against the mean of the first window's
+    current contents. The copy reads the candidate before writing, as the release's sequential copy
+    does (the first window lies at the origin, so no element is written before it is read). The
+    release handles exactly two images; this does any B. Sync-free: the decisions stay on the
+    device.
+    """
+    ent = ent.double().clone()  # the map is overwritten, as in the release, but not the caller's
+    wh, ww = window
+    (fy, fx), rest = starts[0], starts[1:]
+    first = ent[:, fy:fy + wh, fx:fx + ww]  # the release's `e_max`: a view of the map
+    first_mean = first.mean(dim=(1, 2))
+    best = torch.zeros(ent.shape[0], dtype=torch.long, device=ent.device)
+    for k, (y, x) in enumerate(rest, 1):
+        cand = ent[:, y:y + wh, x:x + ww]
+        mean = cand.mean(dim=(1, 2))
+        better = mean > first_mean
+        first.copy_(torch.where(better[:, None, None], cand, first))  # `e_max[b] = ecp[b]`
+        first_mean = torch.where(better, mean, first_mean)
+        best = torch.where(better, torch.full_like(best, k), best)
+    return best
 
 
 # --------------------------------------------------------------------------------------- module
@@ -276,6 +331,7 @@ class HRDASegmentor(nn.Module):
             embeddings to ``embed_dim``, 1x1 conv-BN-ReLU fusion to ``fused_dim``).
         entropy_per_image: the max-entropy window is chosen per image (the release) or one for
             the batch.
+        entropy_compat: choose it by the release's in-place search (:func:`max_entropy_window`).
         attention_dim: if given, both widths of those two heads (the release's
             ``attention_embed_dim`` = 256, whatever the decoder's width); None = the two above.
         inference_batch: detail windows forwarded together in inference (0 = all at once).
@@ -292,7 +348,7 @@ class HRDASegmentor(nn.Module):
                  feat_weighter: bool = False, embed_dim: int = 256, fused_dim: int = 256,
                  attention_dim: int | None = None, dropout: float = 0.1,
                  inference_batch: int = 0, entropy_per_image: bool = True,
-                 context_fusion: str = "fused_grid") -> None:
+                 entropy_compat: bool = False, context_fusion: str = "fused_grid") -> None:
         super().__init__()
         if context_fusion not in CONTEXT_FUSIONS:
             raise ValueError(f"model.hrda.context_fusion={context_fusion!r}, expected one of "
@@ -315,6 +371,7 @@ class HRDASegmentor(nn.Module):
         self.inference_stride = (int(inference_stride[0]), int(inference_stride[1]))
         self.inference_batch = int(inference_batch)
         self.entropy_per_image = bool(entropy_per_image)
+        self.entropy_compat = bool(entropy_compat)
         self.output_stride = stride
         channels = tuple(segmentor.encoder.out_channels)
         # the release builds both heads at attention_embed_dim (256) whatever the decoder's width
@@ -338,7 +395,7 @@ class HRDASegmentor(nn.Module):
                   embed_dim=model_cfg.embed_dim, fused_dim=model_cfg.fused_dim,
                   attention_dim=h.attention_dim, dropout=model_cfg.dropout,
                   entropy_per_image=h.entropy_window_per_image,
-                  context_fusion=h.context_fusion)
+                  entropy_compat=h.entropy_window_compat, context_fusion=h.context_fusion)
         if getattr(model_cfg, "decoder_init", "torch") == "mmcv":  # the release's ConvModule init
             init_conv_modules(net.scale_attention)
             if net.feat_weighter is not None:
@@ -392,7 +449,8 @@ class HRDASegmentor(nn.Module):
             elif window == "entropy":
                 box = max_entropy_window(ctx.logits.detach(), size, self.detail_crop,
                                          self.inference_stride, self.detail_divisible,
-                                         per_image=self.entropy_per_image)
+                                         per_image=self.entropy_per_image,
+                                         compat=self.entropy_compat)
             else:
                 raise ValueError(f"hrda.py: window={window!r}, expected 'random' or 'entropy'")
         det = self.segmentor(crop_to_box(x, box))
