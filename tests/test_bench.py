@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.step import compare_losses
 
@@ -221,3 +222,28 @@ def test_critical_path_profile_and_kernels_report_what_they_measure():
     k = kernels()
     assert all(v > 0 for v in k.values()) and len(k) == 6
     assert torch.get_num_threads() == threads  # measured on one thread, the setting restored
+
+
+def test_contrastive_diagnosis_floor_and_gradient_shares():
+    from bench.contrastive_diagnosis import class_shares, loss_range, simplex_features
+
+    labels = torch.tensor([[[0, 0, 1], [2, 255, 1]]])
+    f = simplex_features(labels)
+    u = torch.nn.functional.normalize(f.flatten(2)[0].T, dim=1)  # (pixels, K)
+    cos = u @ u.T
+    assert cos[0, 1].item() == pytest.approx(1.0)       # same class
+    assert cos[0, 2].item() == pytest.approx(-0.5)      # K = 3 classes: -1/(K-1)
+    assert not f[0, :, 1, 1].any()                       # ignore: a zero vector
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (2, 6, 8), generator=g)
+    features = torch.randn(2, 8, 6, 8, generator=g)
+    for tau in (1.0, 0.1):
+        r = loss_range(features, labels, tau, g)
+        assert r["clustered"] < r["random"] and r["clustered"] < r["value"]
+    # at tau = 1 the clustered floor lies close to a random embedding's value; at 0.1 far below
+    assert loss_range(features, labels, 1.0, g)["clustered"] > 0.5 * loss_range(features, labels, 1.0, g)["random"]
+    assert loss_range(features, labels, 0.1, g)["clustered"] < 0.05
+    grad = torch.zeros(1, 2, 2, 2)
+    grad[0, 0, 0, 0] = 3.0  # all the gradient on one pixel of class 1
+    mass, pixels = class_shares(grad, torch.tensor([[[1, 0], [0, 255]]]), 3)
+    assert mass == [0.0, 1.0, 0.0] and pixels == pytest.approx([2 / 3, 1 / 3, 0.0])
