@@ -220,6 +220,14 @@ class TrainConfig:
     # CPU: the teacher's pass and the source backward on a second thread, beside the student's
     # passes (bit-identical steps; engine/overlap.py); off on a GPU, under DDP or torch.compile
     overlap: bool = False
+    # "miou": model selection on the target val set. Every evaluation that improves the val mIoU
+    # writes RUN_DIR/checkpoints/best.pt, and summary.json gets best_miou and best_iter beside the
+    # final miou (as the CLUDA release's save_best='mIoU', so its published numbers may be the best
+    # of several evaluations). "" (default): no selection; the final model is the one reported
+    save_best: str = ""
+    # resume on another number of processes than the checkpoint's (each rank continues rank 0's
+    # random streams, so not bit-identical to an uninterrupted run); refused by default
+    allow_world_size_change: bool = False
 
 
 @dataclass(frozen=True)
@@ -453,6 +461,7 @@ _CHOICES = {
     "train.eval_mode": ("whole", "slide"),
     "model.hrda.context_fusion": ("fused_grid", "context_grid"),
     "train.compile_scope": ("student", "encoder"),
+    "train.save_best": ("", "miou"),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "data.source.name": ("miniscapes", "gta", "synthia", "cityscapes", "folder"),
     "data.target.name": ("miniscapes", "gta", "synthia", "cityscapes", "folder"),
@@ -471,7 +480,8 @@ def validate(cfg: Config) -> None:
     for key, choices in _CHOICES.items():
         v = _get(cfg, key)
         if v not in choices:
-            raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {v!r}")
+            shown = ", ".join(c if c else '""' for c in choices)  # "" (off) stays visible
+            raise ConfigError(f"{key}: expected one of {shown}, got {v!r}")
     checks = [
         ("train.max_iters", cfg.train.max_iters >= 0, "a non-negative integer"),
         ("data.batch_size", cfg.data.batch_size >= 1, "at least 1"),

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from cluda_kit.cli import main as cli_main
-from cluda_kit.config import load_config
+from cluda_kit.config import ConfigError, load_config
 from cluda_kit.data.datasets import DatasetError
 from cluda_kit.data.prepare import prepare
 from cluda_kit.uda.methods import cluda as cluda_module
@@ -321,3 +321,27 @@ def test_deterministic_runs_repeat_and_seeds_differ(tmp_path):
     assert len([r for r in records if "loss" in r]) == 3 and "miou" in records[-1]
     assert texts[0] == texts[1]
     assert texts[0] != texts[2]
+
+
+# ----------------------------------------------------------------------- model selection
+def test_save_best_keeps_the_best_evaluation_beside_the_final(tmp_path):
+    run = tmp_path / "run"
+    sets = ["train.max_iters=6", "train.eval_every=2", "train.checkpoint_every=0",
+            "train.log_every=1", "train.threads=1", "train.save_best=miou"]
+    summary = Trainer(load_config("miniscapes_tiny", sets), run, progress=False).fit()
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+             if "miou" in r]
+    assert [r["iter"] for r in evals] == [2, 4, 6]
+    best = max(evals, key=lambda r: r["miou"])  # the first of equal ones: only improvements count
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["iter"] == best["iter"]
+    assert json.loads((run / "summary.json").read_text()) == summary
+    assert (summary["best_iter"], summary["best_miou"]) == (best["iter"], best["miou"])
+    assert summary["miou"] == evals[-1]["miou"]  # the final model is still the one reported
+    selected = Trainer.resume(run / "checkpoints" / "best.pt", read_only=True, progress=False)
+    assert 100.0 * selected.evaluate(progress=False)["miou"] == pytest.approx(best["miou"], abs=1e-9)
+
+    off = tmp_path / "off"  # the default: no selection
+    summary = Trainer(load_config("miniscapes_tiny", ["train.max_iters=0"]), off, progress=False).fit()
+    assert "best_miou" not in summary and not (off / "checkpoints" / "best.pt").exists()
+    with pytest.raises(ConfigError, match=r'train.save_best: expected one of "", miou, got \'loss\''):
+        load_config("miniscapes_tiny", ["train.save_best=loss"])

@@ -20,8 +20,8 @@ from ..config import ConfigError, to_dict
 from ..fileio import UnsafeCheckpointError, atomic_torch_save, atomic_write_text, safe_torch_load
 
 __all__ = ["CheckpointError", "CHECKPOINT_KEYS", "load_checkpoint", "first_readable",
-           "config_differences", "check_resumable", "state_digest", "git_hash", "truncate_metrics",
-           "atomic_torch_save", "atomic_write_text"]
+           "config_differences", "check_resumable", "check_world_size", "state_digest", "git_hash",
+           "truncate_metrics", "atomic_torch_save", "atomic_write_text"]
 
 
 class CheckpointError(RuntimeError):
@@ -109,6 +109,20 @@ def check_resumable(state: dict, cfg: Any, ckpt: Path, cfg_path: Path) -> None:
                 f"{ckpt}: was trained with a different '{section}' section than {cfg_path} "
                 f"({', '.join(diff[:3])}: checkpoint vs config); only train.* may change on resume"
             )
+
+
+def check_world_size(state: dict, world_size: int, ckpt: Path, allow_change: bool) -> None:
+    """Raise unless ``world_size`` processes may resume the checkpoint ``state``: the number that
+    saved it (absent: 1), or any with ``allow_change`` (``train.allow_world_size_change``). Every
+    rank's random streams and data position are saved per rank, so only the same number of
+    processes continues bit-identically."""
+    saved = int(state.get("world_size", 1))
+    if saved != world_size and not allow_change:
+        raise ConfigError(
+            f"{ckpt}: saved by {saved} process(es), resumed by {world_size}; resume with "
+            f"{saved}, or pass --set train.allow_world_size_change=true to continue rank 0's "
+            "random streams on every rank (not bit-identical to an uninterrupted run)"
+        )
 
 
 def state_digest(tensors: dict[str, torch.Tensor]) -> str:

@@ -67,6 +67,7 @@ from .checkpoint import (
     atomic_torch_save,
     atomic_write_text,
     check_resumable,
+    check_world_size,
     first_readable,
     git_hash,
     load_checkpoint,
@@ -224,7 +225,9 @@ class Trainer:
                        if self.self_training else None)
         self.iter = 0
         self.guard = NonFiniteGuard(cfg.train.skip_nonfinite, self.ddp.mean_over_ranks, self.ddp.enabled)
+        # train.save_best: the best target-val mIoU so far and its iteration (checkpointed)
         self.best_miou: float | None = None
+        self.best_iter: int | None = None
         self.history: list[dict] = []
         self._tb = None
         self._loss_terms: set[str] = set()  # names of the loss terms logged (TensorBoard's loss/)
@@ -250,12 +253,13 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if overwrite:
             for name in ("metrics.jsonl", "summary.json", "checkpoints/last.pt",
-                         "checkpoints/prev.pt"):
+                         "checkpoints/prev.pt", "checkpoints/best.pt"):
                 (self.out_dir / name).unlink(missing_ok=True)
         atomic_write_text(cfg_path, text)
         meta = {"version": __version__, "git": git_hash(), "preset": self.cfg.name,
                 "method": self.method.name, "device": str(self.device), "precision": self.precision.name,
-                "amp": self.precision.requested, "torch": torch.__version__}
+                "amp": self.precision.requested, "torch": torch.__version__,
+                "world_size": self.dist.world_size}
         atomic_write_text(self.out_dir / "meta.json", json.dumps(meta, indent=2))
 
     @property
@@ -541,6 +545,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{res.values.get('loss', float('nan')):.3f}")
             if cfg.eval_every and self.iter % cfg.eval_every == 0:
                 last_eval = self._eval_record()
+                self._select_best(last_eval)
                 bar.set_postfix(miou=f"{last_eval['miou']:.2f}")
             if self.out_dir is not None and cfg.checkpoint_every and \
                     self.iter % cfg.checkpoint_every == 0:
@@ -549,6 +554,7 @@ class Trainer:
         wall = time.perf_counter() - t0
         if last_eval is None or last_eval["iter"] != self.iter:
             last_eval = self._eval_record()
+            self._select_best(last_eval)
         if self.out_dir is not None:
             self.save()
         summary = {"iter": self.iter, "miou": last_eval["miou"],
@@ -561,12 +567,26 @@ class Trainer:
                                    else (self.iter - it0) / max(wall, 1e-9)),
                    "compiled": self.compiled, "first_step_s": first_step_s,
                    "preset": self.cfg.name, "precision": self.precision.name,
+                   "world_size": self.dist.world_size,
                    "amp_skipped_steps": self.scaler.skipped if self.scaler is not None else 0}
+        if cfg.save_best:  # selected on the target val set: reported beside, never instead of, the final
+            summary.update(best_miou=self.best_miou, best_iter=self.best_iter)
         if self.out_dir is not None and self.dist.is_main:
             atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2))
         if self._tb is not None:
             self._tb.flush()
         return summary
+
+    def _select_best(self, record: dict) -> None:
+        """``train.save_best="miou"``: an evaluation that improves the best target-val mIoU so far
+        writes RUN_DIR/checkpoints/best.pt (atomically; under DDP a collective, as every save)."""
+        miou = record["miou"]
+        if self.cfg.train.save_best != "miou" or math.isnan(miou) or \
+                (self.best_miou is not None and miou <= self.best_miou):
+            return
+        self.best_miou, self.best_iter = record["miou"], record["iter"]
+        if self.out_dir is not None:
+            self.save(self.out_dir / "checkpoints" / "best.pt")
 
     # ------------------------------------------------------------------ inspection
     @torch.no_grad()
@@ -644,9 +664,10 @@ class Trainer:
             },
             "data": {"source": self.source.state_dict(),
                      "target": self.target.state_dict() if self.target is not None else None},
+            "best": {"miou": self.best_miou, "iter": self.best_iter},
+            "world_size": self.dist.world_size,
         }
         if self.ddp.enabled:  # collectives: every rank must call state_dict()
-            state["world_size"] = self.dist.world_size
             state["rng_per_rank"] = all_gather_objects(state["rng"])
             state["replicas"] = self.replica_digests()
         return state
@@ -677,11 +698,14 @@ class Trainer:
         if self.scaler is not None and state.get("scaler") is not None:  # fp16: the loss scale
             self.scaler.load_state_dict(state["scaler"])
         self.iter = int(state["iter"])
+        best = state.get("best") or {}
+        self.best_miou, self.best_iter = best.get("miou"), best.get("iter")
         rng = state["rng"]
         per_rank = state.get("rng_per_rank")
         if per_rank is not None and len(per_rank) == self.dist.world_size:
             rng = per_rank[self.dist.rank]
         elif self.dist.world_size != state.get("world_size", 1) and self.out_dir is not None:
+            # only with train.allow_world_size_change (Trainer.resume refuses otherwise)
             warnings.warn(
                 f"{where}: saved by {state.get('world_size', 1)} process(es), resumed by "
                 f"{self.dist.world_size}: every rank continues rank 0's random streams, so the run "
@@ -732,8 +756,9 @@ class Trainer:
 
         An unreadable last.pt (cut short by a full disk, ...) falls back to prev.pt with a warning.
         The checkpoint is checked against the config before anything in the run directory is
-        written: only ``train.*`` and ``data.val`` may change. ``read_only`` leaves the run
-        directory untouched (evaluation).
+        written: only ``train.*`` and ``data.val`` may change, and training goes on with the number
+        of processes that saved it unless ``train.allow_world_size_change``. ``read_only`` leaves
+        the run directory untouched (evaluation, on any number of processes).
         """
         run_dir = Path(run_dir)
         if run_dir.is_file():
@@ -750,6 +775,9 @@ class Trainer:
         if overrides:
             cfg = replace(cfg, overrides)
         check_resumable(state, cfg, ckpt, cfg_path)
+        if not read_only:
+            world_size = init_distributed(cfg.train.device).world_size
+            check_world_size(state, world_size, ckpt, cfg.train.allow_world_size_change)
         trainer = cls(cfg, None if read_only else run_dir, _resuming=True, **kwargs)
         trainer.load_state_dict(state, where=str(ckpt))
         return trainer
