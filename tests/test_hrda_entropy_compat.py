@@ -1,7 +1,16 @@
 """``model.hrda.entropy_window_compat``: the release's max-entropy window search, checked against a
-slow transcription of the release's own code (``get_entropy`` and ``max_entropy_crop`` of CLUDA's
-``mmseg/models/segmentors/hrda_encoder_decoder.py``), and its difference from the clean argmax."""
+slow reference written here from a description of what the release does (its ``get_entropy`` and
+``max_entropy_crop`` in CLUDA's ``mmseg/models/segmentors/hrda_encoder_decoder.py``), and its
+difference from the clean argmax.
+
+The described procedure: the entropy of the context softmax (zero probabilities counted as
+1e-8), divided by C log C, resized nearest to the crop; candidate windows on the sliding grid in
+row-major order; per image, the first candidate's region of the map holds "the best window so far",
+and a later candidate whose mean is higher is *copied into that region* (so candidates scored
+after it that overlap the region see the copied values) and becomes the best."""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -10,63 +19,49 @@ from cluda_kit.config import load_config
 from cluda_kit.models.hrda import max_entropy_window
 
 
-# ---------------------------------------------------------------- the release, line for line
-def _release_get_entropy(out):
-    outputs_softmax = F.softmax(out, dim=1)
-    outputs_softmax = torch.where(outputs_softmax == 0, torch.tensor(1e-8, dtype=outputs_softmax.dtype),
-                                  outputs_softmax)
-    logp = torch.log(outputs_softmax)
-    plogp = outputs_softmax * logp
-    k = torch.Tensor([19])
-    return -plogp.sum(dim=1) / (k * torch.log(k))
+# ---------------------------------------------------------------- the described procedure, slowly
+def _reference_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) entropy of softmax(logits) with zeros counted as 1e-8, over C log C."""
+    p = torch.softmax(logits.double(), dim=1)
+    p = torch.where(p == 0, torch.full_like(p, 1e-8), p)
+    c = logits.shape[1]
+    return -(p * p.log()).sum(dim=1) / (c * math.log(c))
 
 
-def _release_max_entropy_crop(ent, crop_size, stride):
-    """The release's loop (two images, hard-coded), its `e_max = ecp` view and in-place
-    `e_max[i] = ecp[i]` assignments kept; only the sizes are arguments (the release: 1024x1024
-    map, 512x512 windows every 256 pixels)."""
-    h_stride, w_stride = stride
-    h_crop, w_crop = crop_size
-    bs, _, h_img, w_img = ent.size()
-    h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
-    w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
-    e_max = [None] * 2
-    crop_boxes = []
-    for h_idx in range(h_grids):
-        for w_idx in range(w_grids):
-            y1 = h_idx * h_stride
-            x1 = w_idx * w_stride
-            y2 = min(y1 + h_crop, h_img)
-            x2 = min(x1 + w_crop, w_img)
-            y1 = max(y2 - h_crop, 0)
-            x1 = max(x2 - w_crop, 0)
-            ecp = ent[:, :, y1:y2, x1:x2]
-            if e_max[0] is None:
-                e_max = ecp
-                crop_boxes.append([y1, y2, x1, x2])
-                crop_boxes.append([y1, y2, x1, x2])
-            else:
-                if torch.mean(ecp[0]) > torch.mean(e_max[0]):
-                    e_max[0] = ecp[0]
-                    crop_boxes[0] = [y1, y2, x1, x2]
-                if torch.mean(ecp[1]) > torch.mean(e_max[1]):
-                    e_max[1] = ecp[1]
-                    crop_boxes[1] = [y1, y2, x1, x2]
-    return crop_boxes
+def _grid_starts(size, crop, stride):
+    """Sliding-window corners in row-major order (the last window flush with the far edge)."""
+    (h, w), (ch, cw), (sh, sw) = size, crop, stride
+    rows = max(h - ch + sh - 1, 0) // sh + 1
+    cols = max(w - cw + sw - 1, 0) // sw + 1
+    starts = []
+    for r in range(rows):
+        for c in range(cols):
+            y1, x1 = min(r * sh + ch, h) - ch, min(c * sw + cw, w) - cw
+            starts.append((max(y1, 0), max(x1, 0)))
+    return starts
+
+
+def _reference_search(ent: torch.Tensor, crop, stride) -> list[tuple[int, int, int, int]]:
+    """Per image of (B, H, W): the chosen window (y0, x0, y1, x1) by the described overwrite rule."""
+    ch, cw = crop
+    boxes = []
+    for image in ent.double():
+        work = image.clone()
+        starts = _grid_starts(tuple(work.shape), crop, stride)
+        ky, kx = starts[0]  # the region where the best window's values are kept
+        best = starts[0]
+        for y, x in starts[1:]:
+            if work[y:y + ch, x:x + cw].mean() > work[ky:ky + ch, kx:kx + cw].mean():
+                work[ky:ky + ch, kx:kx + cw] = work[y:y + ch, x:x + cw].clone()
+                best = (y, x)
+        boxes.append((best[0], best[1], best[0] + ch, best[1] + cw))
+    return boxes
 
 
 def _release_window(logits, size, crop, stride):
-    """The release's ``_forward_train_features_mix`` up to its box, as kit boxes (y0, x0, y1, x1).
-    One thread: the in-place copy then runs in memory order, as the release's sequential copy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ent = _release_get_entropy(logits)
-        ent_hr = F.interpolate(ent.unsqueeze(1), size=list(size), mode="nearest")
-        boxes = _release_max_entropy_crop(ent_hr, crop, stride)
-    finally:
-        torch.set_num_threads(threads)
-    return [(y1, x1, y2, x2) for y1, y2, x1, x2 in boxes]
+    """The described procedure end to end on context logits, as kit boxes (y0, x0, y1, x1)."""
+    ent = F.interpolate(_reference_entropy(logits)[:, None].float(), size=list(size), mode="nearest")[:, 0]
+    return _reference_search(ent, crop, stride)
 
 
 def _smooth_logits(g, batch, grid, cells=4, scale=6.0):
@@ -115,8 +110,7 @@ def test_the_overwrite_decides_a_planted_case():
     clean = [float(ent[y:y + 16, x:x + 16].mean()) for y, x in starts]
     assert clean == [0.0, 2.0, 0.0, 1.75]
     assert _release_entropy_search(ent[None], starts, (16, 16)).tolist() == [3]
-    literal = _release_max_entropy_crop(ent.expand(2, 1, 24, 24).clone(), (16, 16), (8, 8))
-    assert literal == [[8, 24, 8, 24]] * 2  # the release's [y1, y2, x1, x2] of D
+    assert _reference_search(ent.expand(2, 24, 24), (16, 16), (8, 8)) == [(8, 8, 24, 24)] * 2  # D
 
 
 def test_reference_preset_switches_it_on_and_the_default_is_the_argmax():
