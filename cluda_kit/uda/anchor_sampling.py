@@ -1,5 +1,5 @@
 """Which pixels a pixel-contrastive loss contrasts: class-balanced hard/easy anchor sampling
-(ContrastiveSeg, Wang et al. ICCV 2021, as PiPa uses it; docs/method.md §9).
+(ContrastiveSeg, Wang et al. ICCV 2021, as PiPa uses it; docs/method.md §11).
 
 A sampler ("miner") is kept apart from the loss formula: it returns indices into the flattened
 pixels, and the loss (:func:`cluda_kit.uda.contrastive.pixel_contrastive_loss`) is then computed

@@ -1,5 +1,5 @@
 """Pixels contrasted against class statistics instead of other pixels: SePiCo's ProtoCL and
-DistCL (Xie et al., TPAMI 2023; docs/method.md §9).
+DistCL (Xie et al., TPAMI 2023; docs/method.md §11).
 
 - :class:`ClassStatistics` keeps, per class c, the running mean μ_c and the diagonal variance σ²_c
   of (L2-normalised) features and the number of pixels N_c seen, updated from each batch by the

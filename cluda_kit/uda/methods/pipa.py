@@ -1,5 +1,5 @@
 """PiPa's pixel contrast on DAFormer: class-balanced hard/easy anchors at a low temperature
-(Chen et al., ACM MM 2023; docs/method.md §9).
+(Chen et al., ACM MM 2023; docs/method.md §11).
 
 DAFormer's step with one more term in the source pass:
 

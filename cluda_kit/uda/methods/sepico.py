@@ -1,5 +1,5 @@
 """SePiCo on DAFormer: pixels contrasted against class statistics of the EMA teacher's source
-features (Xie et al., TPAMI 2023; docs/method.md §9).
+features (Xie et al., TPAMI 2023; docs/method.md §11).
 
 DAFormer's step, plus (``variant``: ``dist``, SePiCo's best, or ``proto``):
 
