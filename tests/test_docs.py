@@ -62,3 +62,32 @@ def test_relative_links_resolve(page):
         if "://" in target:
             continue
         assert (page.parent / target).exists(), f"{page.name}: {target}"
+
+
+def test_every_docs_reference_in_the_code_names_an_existing_file_and_section():
+    """``docs/X.md §N`` and ``README "Heading"`` in the package, bench and notebook sources point
+    at a file that exists and a section it has (a renumbered or renamed section fails here)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    headings = {}
+
+    def sections(doc: Path) -> set[str]:
+        if doc not in headings:
+            text = doc.read_text() if doc.is_file() else ""
+            headings[doc] = set(re.findall(r"^#+ (.+?)\s*$", text, flags=re.M))
+        return headings[doc]
+
+    bad = []
+    sources = [*root.glob("cluda_kit/**/*.py"), *root.glob("bench/*.py"), *root.glob("notebooks/*.py")]
+    for path in sources:
+        text = path.read_text()
+        for doc, num in re.findall(r"(docs/[\w.-]+\.md)(?: §(\d+))?", text):
+            if not (root / doc).is_file():
+                bad.append(f"{path.relative_to(root)}: {doc} does not exist")
+            elif num and not any(h.startswith(f"{num}.") for h in sections(root / doc)):
+                bad.append(f"{path.relative_to(root)}: {doc} has no section {num}")
+        for heading in re.findall(r'README "([^"]+)"', text):
+            if not any(h == heading or h.startswith(heading) for h in sections(root / "README.md")):
+                bad.append(f'{path.relative_to(root)}: README has no section "{heading}"')
+    assert not bad, "\n".join(bad)

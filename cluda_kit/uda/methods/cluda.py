@@ -1,4 +1,4 @@
-"""CLUDA: DAFormer (or HRDA) + the pixel contrastive loss on the fused feature (docs/method.md §1).
+"""CLUDA: DAFormer (or HRDA) + the pixel contrastive loss on the fused feature (docs/method.md §5).
 
 Two terms, one in each pass:
 

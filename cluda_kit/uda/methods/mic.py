@@ -1,4 +1,4 @@
-"""MIC's masked image consistency (docs/method.md §6), a part any self-training method can hold.
+"""MIC's masked image consistency (docs/method.md §2), a part any self-training method can hold.
 
 The student sees the strongly augmented target image with random blocks masked out and is trained
 against the teacher's pseudo-labels of the unmasked image, with their weights:

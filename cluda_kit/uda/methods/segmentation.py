@@ -1,5 +1,5 @@
 """How a method runs the segmentation network and scores it: the plain single-resolution network,
-or HRDA's context + detail multi-resolution one (docs/method.md §5). Every difference between the
+or HRDA's context + detail multi-resolution one (docs/method.md §6). Every difference between the
 two lives here, so that a method's step reads the same for both.
 
 - ``student(ctx, images)``: the training forward (HRDA: context crop + a detail window, random or
