@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from cluda_kit.data.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize
 
 __all__ = [
+    "class_delta_scatter",
     "class_legend",
     "confidence_map",
     "debug_figure",
@@ -33,6 +34,7 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_curves",
     "present_classes",
+    "projection_grid",
     "to_rgb_uint8",
     "uda_step_diagram",
     "value_colorbar",
@@ -556,3 +558,107 @@ def figure_png(fig: Figure, dpi: float = 100) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
+
+
+def projection_grid(
+    projections: Mapping[str, tuple[Any, Any]],
+    *,
+    titles: Mapping[str, str] | None = None,
+    domain_labels: Mapping[str, str] | None = None,
+    panel_size: float = 3.4,
+    point_size: float = 9.0,
+) -> Figure:
+    """2-D projections of feature sets, one column per model: the top row coloured by class, the
+    bottom row the same points coloured by domain (so that both can be read).
+
+    Args:
+        projections: per model, ``(points, xy)``: a :class:`~cluda_kit.analysis.FeatureSet` (its
+            ``labels`` and ``domain_index``) and its (N, 2) projection.
+        titles: per model, the column title (default the key).
+        domain_labels: per domain name, its legend label (default the name).
+        panel_size: inches per panel; point_size: marker area.
+
+    Classes get distinct colours of the ``tab20`` map (the Cityscapes palette has many similar
+    blues), named in a legend below; domains get blue (first) and orange (second).
+    """
+    names = list(projections)
+    if not names:
+        raise ValueError("projection_grid: no projections")
+    classes = sorted({int(c) for pts, _ in projections.values() for c in np.unique(pts.labels)})
+    cmap = matplotlib.colormaps["tab20"]
+    colour = {c: cmap(k % 20) for k, c in enumerate(classes)}
+    domain_colours = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+    fig = Figure(figsize=(panel_size * len(names), 2 * panel_size + 0.3))
+    axes = fig.subplots(2, len(names), squeeze=False)
+    domains: tuple[str, ...] = ()
+    for col, name in enumerate(names):
+        pts, xy = projections[name]
+        xy = _numpy(xy)
+        domains = domains or tuple(pts.domain_names)
+        order = np.random.default_rng(0).permutation(len(xy))  # no domain or class drawn on top of the rest
+        title = (titles or {}).get(name, name)
+        top, bottom = axes[0, col], axes[1, col]
+        top.scatter(xy[order, 0], xy[order, 1], c=[colour[int(c)] for c in pts.labels[order]], s=point_size,
+                    linewidths=0, alpha=0.8)
+        bottom.scatter(xy[order, 0], xy[order, 1], s=point_size, linewidths=0, alpha=0.6,
+                       c=[domain_colours[int(d) % 4] for d in pts.domain_index[order]])
+        top.set_title(f"{title} · by class", fontsize=9)
+        bottom.set_title(f"{title} · by domain", fontsize=9)
+        for ax in (top, bottom):
+            ax.set_xticks([]), ax.set_yticks([])
+    class_handles = [matplotlib.lines.Line2D([], [], ls="", marker="o", ms=6, color=colour[c], label=CLASSES[c])
+                     for c in classes]
+    domain_handles = [matplotlib.lines.Line2D([], [], ls="", marker="o", ms=6, color=domain_colours[k % 4],
+                                              label=(domain_labels or {}).get(d, d)) for k, d in enumerate(domains)]
+    fig.tight_layout(rect=(0, 0, 1, 1))
+    fig.draw_without_rendering()
+    legend = fig.legend(handles=class_handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), frameon=False,
+                        fontsize=8, ncol=max(1, min(len(class_handles), int(fig.get_size_inches()[0] // 1.3))),
+                        title="class (top row)", title_fontsize=8)
+    fig.draw_without_rendering()
+    _grow(fig, bottom=legend.get_window_extent().height / fig.dpi + 0.05)
+    legend2 = fig.legend(handles=domain_handles, loc="upper center", frameon=False, fontsize=8, ncol=len(domains),
+                         title="domain (bottom row)", title_fontsize=8,
+                         bbox_to_anchor=(0.5, axes[1, 0].get_position().y0 - 0.005))
+    fig.draw_without_rendering()
+    _grow(fig, bottom=legend2.get_window_extent().height / fig.dpi + 0.05)
+    # the class legend stays at the bottom; the domain legend moves with the axes it sits under
+    legend2.set_bbox_to_anchor((0.5, axes[1, 0].get_position().y0 - 0.005), transform=fig.transFigure)
+    return fig
+
+
+def class_delta_scatter(
+    deltas: Mapping[str, Mapping[str, float]],
+    share: Mapping[str, float],
+    *,
+    title: str = "",
+    xlabel: str = "change of the target silhouette",
+    ylabel: str = "change of the target IoU (points)",
+) -> Figure:
+    """Per class, the change of one measure against the change of another (e.g. CLUDA − DAFormer:
+    silhouette on x, IoU on y), each point named, its area by the class's pixel share (``share``,
+    fraction of labelled pixels) and its colour by whether the class is frequent (share ≥ 2 %).
+
+    Args:
+        deltas: per class name, ``{"silhouette": dx, "iou": dy}`` (e.g. :func:`~cluda_kit.analysis.
+            studies.class_deltas`).
+        share: per class name, its fraction of the labelled pixels.
+    """
+    fig = Figure(figsize=(7.5, 5.0))
+    ax = fig.subplots()
+    ax.axhline(0, c="0.7", lw=0.8), ax.axvline(0, c="0.7", lw=0.8)
+    for name, d in deltas.items():
+        s = share.get(name, 0.0)
+        frequent = s >= 0.02
+        ax.scatter(d["silhouette"], d["iou"], s=30 + 1500 * s, alpha=0.7, linewidths=0.5, edgecolors="0.2",
+                   color="tab:green" if frequent else "tab:purple")
+        ax.annotate(name, (d["silhouette"], d["iou"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    handles = [matplotlib.lines.Line2D([], [], ls="", marker="o", ms=8, color="tab:green", alpha=0.7,
+                                       label="frequent class (≥ 2 % of the pixels)"),
+               matplotlib.lines.Line2D([], [], ls="", marker="o", ms=5, color="tab:purple", alpha=0.7,
+                                       label="rare or thin class (< 2 %)")]
+    ax.legend(handles=handles, fontsize=8, loc="best", title="point area ∝ pixel share", title_fontsize=8)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
