@@ -11,8 +11,10 @@
     cluda-kit prepare {gta,synthia,cityscapes} ROOT [--workers N] [--overwrite] ...
 
 Mistakes in the command line, the config, or the data give one line naming the culprit, not a
-traceback (``--debug`` shows the traceback). ``predict`` and ``prepare`` go on past a bad file:
-each is reported in one line, a summary follows, and the exit status is 1 when any failed.
+traceback (``--debug`` shows the traceback); so does a write the file system refuses (a full disk,
+no permission), which leaves what was written before intact (tests/test_bad_inputs.py tabulates
+them). ``predict`` and ``prepare`` go on past a bad file: each is reported in one line, a summary
+follows, and the exit status is 1 when any failed.
 """
 from __future__ import annotations
 
@@ -125,7 +127,7 @@ def _device(name: str | None):
     """``--device`` or, when not given, CUDA where available (``runtime.resolve_device``)."""
     from .runtime import resolve_device
 
-    return resolve_device(name or "auto")
+    return resolve_device(name or "auto", key="--device")
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -240,28 +242,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
-    """(errors of the input: config, data, checkpoints; errors of a run: a non-finite loss),
+    """(errors of the input: config, data, checkpoints; errors of a run: a non-finite loss, the
+    file system refusing a write: a full disk, no permission, a file where a folder should be),
     imported only when an error is being handled so that `cluda-kit presets` does not load torch."""
     from .config import ConfigError
     from .data.datasets import DatasetError
     from .engine.trainer import CheckpointError, NonFiniteLossError
     from .fileio import UnsafeCheckpointError
     from .inference import InputError
+    from .models.weights import WeightsMismatchError
 
     return (ConfigError, UsageError, FileNotFoundError, DatasetError, CheckpointError, InputError,
-            UnsafeCheckpointError), (
-        NonFiniteLossError,)
+            UnsafeCheckpointError, WeightsMismatchError), (
+        NonFiniteLossError, OSError)
 
 
 def _one_line(err: BaseException) -> str:
     """The message of ``err`` on one line; for an error re-raised from a DataLoader worker (whose
     message carries the worker's traceback), the original message."""
+    from .models.weights import WeightsMismatchError
+
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        return f"{err.filename}: {err.strerror}"
     text = str(err)
+    if isinstance(err, WeightsMismatchError):  # the next lines list tensor names
+        return text.splitlines()[0] + " (--debug lists them)"
     if "Original Traceback" in text:
         last = text.strip().splitlines()[-1]
         head, sep, rest = last.partition(": ")
         text = rest if sep and head.split(".")[-1] == type(err).__name__ else last
     return " ".join(text.split())
+
+
+def _close_progress_bars() -> None:
+    """End the progress bars an error left open, so that its line starts a line of its own rather
+    than following the bar's last state (and the bar is not redrawn after it)."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,12 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv[command + 1:] if command is not None else []
     try:
         return args.func(args)
-    except (UsageError, FileNotFoundError, ValueError, RuntimeError) as err:
-        # mistakes in the input print one line (status 2), a run stopped by a non-finite loss
-        # too (status 1); a crash mid-training leaves the last checkpoint intact
+    except (UsageError, OSError, ValueError, RuntimeError) as err:
+        # mistakes in the input print one line (status 2), a run stopped by a non-finite loss or
+        # by the file system too (status 1); a crash mid-training leaves the last checkpoint intact
         input_errors, run_errors = _user_errors()
         if args.debug or not isinstance(err, input_errors + run_errors):
             raise
+        _close_progress_bars()
         print(f"cluda-kit: error: {_one_line(err)}", file=sys.stderr)
         return 2 if isinstance(err, input_errors) else 1
     except KeyboardInterrupt:

@@ -490,6 +490,17 @@ def validate(cfg: Config) -> None:
         ("optim.lr", cfg.optim.lr > 0, "positive"),
         ("loss.contrastive.temperature", cfg.loss.contrastive.temperature > 0, "positive"),
         ("data.cat_max_ratio", 0.0 < cfg.data.cat_max_ratio <= 1.0, "in (0, 1]"),
+        # a negative loss weight would train away from its objective
+        ("loss.contrastive.source_weight", cfg.loss.contrastive.source_weight >= 0, "non-negative"),
+        ("loss.contrastive.mix_weight", cfg.loss.contrastive.mix_weight >= 0, "non-negative"),
+        ("loss.contrastive.multires_weight", cfg.loss.contrastive.multires_weight >= 0, "non-negative"),
+        ("uda.fd.weight", cfg.uda.fd.weight >= 0, "non-negative"),
+        ("uda.mic.weight", cfg.uda.mic.weight >= 0, "non-negative"),
+        # schedules: 0 means none
+        ("optim.warmup_iters", cfg.optim.warmup_iters >= 0, "non-negative"),
+        ("train.eval_every", cfg.train.eval_every >= 0, "non-negative (0: no evaluation)"),
+        ("train.checkpoint_every", cfg.train.checkpoint_every >= 0, "non-negative (0: at the end only)"),
+        ("train.log_every", cfg.train.log_every >= 1, "at least 1"),
         # HRDA
         ("model.hrda.context_scale", 0.0 < cfg.model.hrda.context_scale <= 1.0, "in (0, 1]"),
         ("model.hrda.detail_loss_weight", 0.0 <= cfg.model.hrda.detail_loss_weight <= 1.0,
@@ -507,6 +518,13 @@ def validate(cfg: Config) -> None:
     for key, ok, expected in checks:
         if not ok:
             raise ConfigError(f"{key}: expected {expected}, got {_get(cfg, key)!r}")
+    crop = tuple(cfg.data.crop_size)
+    for name in ("source", "target"):
+        data = getattr(cfg.data, name)
+        # miniscapes renders data.<name>.size: a larger crop would train mostly on padding
+        if data.name == "miniscapes" and data.resize is None and any(c > s for c, s in zip(crop, data.size)):
+            raise ConfigError(f"data.crop_size: expected at most the data.{name}.size {tuple(data.size)} "
+                              f"of the miniscapes scenes it is cut from, got {crop}")
 
 
 def dump_config(cfg: Config) -> str:

@@ -66,7 +66,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *,
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`. On any exception the temporary files are removed
-        and the exception propagates; ``path`` is unchanged.
+        and the exception propagates (an OSError that names no file, such as a full disk's, gets
+        ``filename=path``); ``path`` is unchanged.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,9 +94,11 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *,
                 shutil.copyfile(path, prev_tmp)
             os.replace(prev_tmp, previous)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         for t in temps:
             t.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None and err.filename is None:
+            err.filename = str(path)  # a write into a full disk names no file
         raise
     if durable:
         _fsync_dir(path.parent)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import ConfigError
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
@@ -74,15 +76,21 @@ def compile_unavailable(device: torch.device) -> str | None:
     return None
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> the local CUDA device if there is one (the DDP rank's under torchrun), else CPU."""
+def resolve_device(name: str = "auto", *, key: str = "train.device") -> torch.device:
+    """``"auto"`` -> the local CUDA device if there is one (the DDP rank's under torchrun), else CPU.
+
+    A name torch does not know, or CUDA where there is none, raises
+    :class:`~cluda_kit.config.ConfigError` naming ``key`` (the config key or command-line flag)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{key}: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r}: CUDA is not available on this machine")
+        raise ConfigError(f"{key}={name!r}: CUDA is not available on this machine (use cpu or auto)")
     return device
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..config import ConfigError
 from .heads import DAFormerHead, DeepLabV2Head, SegFormerHead, init_conv_modules
 from .mit import MIT_SPECS, mit
 from .resnet import RESNET_DEPTHS, resnet
@@ -93,7 +94,7 @@ def build_encoder(name: str, *, drop_path_rate: float = 0.1, output_stride: int 
         return mit(name, drop_path_rate, activation_checkpointing)
     if name in RESNET_DEPTHS:
         return resnet(name, output_stride, activation_checkpointing)
-    raise ValueError(f"model.encoder={name!r} is unknown; expected one of {list(ENCODERS)}")
+    raise ConfigError(f"model.encoder: expected one of {', '.join(ENCODERS)}, got {name!r}")
 
 
 def build_decoder(name: str, in_channels: tuple[int, ...], num_classes: int, *,
@@ -107,7 +108,7 @@ def build_decoder(name: str, in_channels: tuple[int, ...], num_classes: int, *,
         return SegFormerHead(in_channels, num_classes, embed_dim, fused_dim, dropout)
     if name == "deeplabv2":
         return DeepLabV2Head(in_channels[-1], num_classes, dilation_quirk=deeplab_dilation_quirk)
-    raise ValueError(f"model.decoder={name!r} is unknown; expected one of {list(DECODERS)}")
+    raise ConfigError(f"model.decoder: expected one of {', '.join(DECODERS)}, got {name!r}")
 
 
 def build_segmentor(cfg: Any) -> Segmentor:
@@ -134,9 +135,12 @@ def build_segmentor(cfg: Any) -> Segmentor:
         init_conv_modules(decoder)
     model = Segmentor(encoder, decoder, cfg.projection_dim, channels_last=cfg.channels_last)
     if cfg.pretrained:
-        from .weights import load_pretrained
+        from .weights import WeightsMismatchError, load_pretrained
 
-        load_pretrained(model, cfg.pretrained)
+        try:
+            load_pretrained(model, cfg.pretrained)
+        except WeightsMismatchError as err:  # name the key: the file alone does not say which
+            raise WeightsMismatchError(f"model.pretrained (for model.encoder={cfg.encoder}): {err}") from None
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -81,7 +81,7 @@ from torch import Tensor, nn
 from ..fileio import safe_torch_load
 
 __all__ = ["load_pretrained", "read_checkpoint", "to_kit_layout", "LoadReport", "KIT_WEIGHTS",
-           "kit_weights_path"]
+           "kit_weights_path", "WeightsMismatchError"]
 
 _HUB_PREFIXES = ("hf:", "torchvision:")
 KIT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -98,6 +98,11 @@ def kit_weights_path(name: str) -> Path:
         have = sorted(p.stem for p in KIT_WEIGHTS.glob("*.pt"))
         raise FileNotFoundError(f"no shipped weights 'kit:{name}' ({path}); the kit ships {have}")
     return path
+
+
+class WeightsMismatchError(ValueError):
+    """Weights that do not fit the network (strict :func:`load_pretrained`): the first line of the
+    message names the file and counts the tensors; the next lines list the first of them."""
 
 
 @dataclass
@@ -334,7 +339,7 @@ def load_pretrained(module: nn.Module, path_or_name: str | Path | Mapping, *, st
     ``encoder.*``/``decoder.*`` placed under the prefix where ``module.encoder`` lives (e.g.
     ``segmentor.``) and HRDA's ``scale_attention.*``/``feat_weighter.*`` at the top; for an
     encoder module, the ``encoder.*`` part of any file is used.
-    Raises FileNotFoundError for a missing file and ValueError listing the first 10 missing /
+    Raises FileNotFoundError for a missing file and :class:`WeightsMismatchError` listing the first 10 missing /
     unexpected keys and shape mismatches otherwise.
     """
     source = "<state dict>" if isinstance(path_or_name, Mapping) else str(path_or_name)
@@ -368,14 +373,17 @@ def load_pretrained(module: nn.Module, path_or_name: str | Path | Mapping, *, st
         else:
             mismatched.append(f"{k}: file {tuple(v.shape)} vs model {tuple(want)}")
     if strict and (missing or unexpected or mismatched):
+        counts = ", ".join(f"{n} {what}" for n, what in ((len(missing), "missing in file"),
+                           (len(unexpected), "unexpected in file"), (len(mismatched), "of another shape")) if n)
+        # the first line stands alone: the command line prints only it
         lines = [f"{source}: {layout} weights do not fit {type(target_module).__name__} "
-                 f"({target}):"]
+                 f"({target}): {counts} tensors (a checkpoint of another model or config?)"]
         if missing:
             lines.append(f"  missing in file ({len(missing)}): {_first(missing)}")
         if unexpected:
             lines.append(f"  unexpected in file ({len(unexpected)}): {_first(unexpected)}")
         if mismatched:
             lines.append(f"  shape mismatches ({len(mismatched)}): {_first(mismatched)}")
-        raise ValueError("\n".join(lines))
+        raise WeightsMismatchError("\n".join(lines))
     target_module.load_state_dict(ready, strict=False)
     return LoadReport(layout, target, len(ready), missing, unexpected, mismatched)

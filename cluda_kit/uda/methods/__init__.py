@@ -93,4 +93,10 @@ def build_method(cfg: Any) -> Method:
     if cfg.uda.mic.enabled and cfg.uda.mode != "self_training":
         raise ConfigError(f"uda.mic.enabled: MIC trains against the teacher's pseudo-labels, but "
                           f"uda.mode={cfg.uda.mode} has no teacher: set uda.mode=self_training")
-    return factory(cfg)
+    reads = Method.args_reads
+    method = factory(cfg)
+    given = sorted(getattr(cfg.uda, "method_args", {}) or {})
+    if given and Method.args_reads == reads:  # settings nobody reads would silently do nothing
+        raise ConfigError(f"uda.method_args.{given[0]}: method {name!r} takes no settings "
+                          "(uda.method_args must be empty)")
+    return method

@@ -138,6 +138,8 @@ class Method:
     mode, optimiser, DDP gradient averaging, checkpoints and exact resume.
     """
 
+    args_reads = 0  # calls of :meth:`args`, counted so that build_method can tell a method that reads none
+
     name: ClassVar[str] = "method"
     self_training: bool = False
     passes: int = 1
@@ -210,10 +212,12 @@ class Method:
         ``uda.method_args.weight`` (``--set uda.method_args.weight=0.01``). A key the method does
         not declare raises :class:`~cluda_kit.config.ConfigError` naming it, so a typo cannot
         silently train with the default. Values take the type of their default (int -> float is
-        allowed for a float default).
+        allowed for a float default). Call it in ``__init__``: :func:`~cluda_kit.uda.methods.build_method`
+        refuses ``uda.method_args`` for a method whose construction did not read them.
         """
         from ...config import ConfigError
 
+        Method.args_reads += 1
         given = dict(getattr(cfg.uda, "method_args", {}) or {})
         unknown = sorted(set(given) - set(defaults))
         if unknown:
