@@ -28,19 +28,19 @@
 #    probability 0.5 (σ ~ U(0.15, 1.15), kernel ≈ 10 % of the image side).
 #
 # Everything runs on the built-in *miniscapes* domains: `game` (GTA-like source) and `real`
-# (Cityscapes-like target). The first cell, `setup()`, chooses the **profile** (`tiny` for tests,
-# `demo`, `full`), the threads, seeds and figure resolution, and prints them with the trained runs it
-# found; this notebook does the same work in every profile.
+# (Cityscapes-like target). The first cell prepares the notebook (threads, seeds, figure size) and
+# prints what it found; this notebook does the same work whatever it prints.
 
 # %%
 # %matplotlib inline
 from cluda_kit.notebook import setup
 
-nb = setup()  # profile (CLUDA_PROFILE: tiny | demo | full), threads, seeds, figure dpi, trained runs found
+nb = setup()  # threads, seeds, figure dpi; prints the profile and the trained runs found
 PROFILE = nb.profile
 
 # %%
 import torch
+from IPython.display import Markdown
 
 from cluda_kit.analysis.plots import class_legend, image_grid, mix_grid, present_classes, uda_step_diagram
 from cluda_kit.data.labels import CLASSES, IGNORE_INDEX
@@ -84,7 +84,7 @@ ys = torch.stack([s["label"] for s in src])  # (B, H, W) trainIds, 255 = ignore
 xt = torch.stack([s["image"] for s in tgt]).float() / 255
 yt = torch.stack([s["label"] for s in tgt])  # only for display: UDA never sees target labels
 fig = image_grid([[xs[0], ys[0], xt[0], yt[0]], [xs[1], ys[1], xt[1], yt[1]]],
-                 [["source (game)", "source label", "target (real)", "target label (unused)"]] * 2, cell_size=1.3)
+                 [["source (game)", "source label", "target (real)", "target label (unused)"]] * 2, cell_size=2.0)
 class_legend(fig, present_classes(ys, yt))
 fig
 
@@ -113,7 +113,7 @@ g = torch.Generator().manual_seed(0)
 m = class_mix_masks(ys, per_image=True, generator=g)  # (B, 1, H, W)
 x_mix = mix(xs, xt, m)  # M * source + (1 - M) * target
 y_mix = mix(ys, yt, m)  # here the target *labels* stand in for the teacher's pseudo-labels (notebook 02)
-fig = mix_grid(xs, xt, m, x_mix, y_mix, cell_size=1.3)
+fig = mix_grid(xs, xt, m, x_mix, y_mix, cell_size=2.0)
 class_legend(fig, present_classes(y_mix))
 fig
 
@@ -129,6 +129,7 @@ def chosen(mask, labels):
     return [[CLASSES[c] if c != IGNORE_INDEX else "ignore" for c in labels[b][mask[b, 0] > 0].unique().tolist()]
             for b in range(len(labels))]
 
+
 print("mask", tuple(m.shape), m.dtype, "| pasted pixels per image:", m.sum(dim=(1, 2, 3)).long().tolist())
 for b, names in enumerate(chosen(m, ys)):
     print(f"image {b}: pastes {names}")
@@ -143,24 +144,67 @@ for b, names in enumerate(chosen(m, ys)):
 # them, an acknowledged accident kept for reproducibility (`uda.mix_per_image=false`). An image
 # may then paste few or none of its pixels, or its ignore pixels. The kit defaults to per-image.
 
+# %% [markdown]
+# With one seed the two modes rank the classes with the same random numbers, so when both images
+# hold the same classes (and the source has no ignore pixels) they paste exactly the same thing.
+# The difference shows when the batch's union holds a value an image lacks: the image then pastes
+# fewer of the drawn values than it drew, and the number it pastes no longer is ⌈n/2⌉ of its own n.
+# The next cell takes the first seed at which the two modes paste a different number of classes
+# into some image, and prints both draws side by side:
+
 # %%
 # NBVAL_CHECK_OUTPUT
-g = torch.Generator().manual_seed(0)
-m_batch = class_mix_masks(ys, per_image=False, generator=g)
 union = ys.unique().tolist()  # the release's torch.unique: 255 (ignore) included when present
-print(f"label values in the batch: n = {len(union)} -> each image draws {(len(union) + 1) // 2} of them")
-for b, names in enumerate(chosen(m_batch, ys)):
-    print(f"image {b}: pastes {names} ({int(m_batch[b].sum())} px)")
+own = [len([c for c in ys[b].unique().tolist() if c != IGNORE_INDEX]) for b in range(2)]
+
+
+def both_modes(seed):
+    """(per-image mask, batch-wide mask) drawn with the same seed."""
+    return tuple(class_mix_masks(ys, per_image=p, generator=torch.Generator().manual_seed(seed)) for p in (True, False))
+
+
+SEED = next(s for s in range(1000) if any(len(a) != len(b) for a, b in zip(*(chosen(m, ys) for m in both_modes(s)))))
+m_own, m_batch = both_modes(SEED)
+print(f"label values in the batch: n = {len(union)} -> each image draws {(len(union) + 1) // 2} of them "
+      f"and pastes those it contains | seed {SEED}")
+for b, (a, c) in enumerate(zip(chosen(m_own, ys), chosen(m_batch, ys))):
+    print(f"image {b} ({own[b]} classes): per-image pastes {len(a)} classes, {int(m_own[b].sum())} px | "
+          f"batch-wide pastes {len(c)} classes, {int(m_batch[b].sum())} px: {c}")
 
 # %%
 y_batch = mix(ys, yt, m_batch)
-fig = mix_grid(xs, xt, m_batch, mix(xs, xt, m_batch), y_batch, cell_size=1.3)
+fig = mix_grid(xs, xt, m_batch, mix(xs, xt, m_batch), y_batch, cell_size=2.0)
 class_legend(fig, present_classes(y_batch))
 fig
 
 # %% [markdown]
-# Compare the masks with the per-image ones above: each image drew its classes from the batch's
-# union, so it pastes only those of them it happens to contain — fewer classes, and fewer pixels.
+# One seed is one draw. Over 200 seeds, per image: how many classes and pixels each mode pastes on
+# average, and the fewest and most:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+draws = [both_modes(s) for s in range(200)]
+n_cls = {mode: torch.tensor([[len(x) for x in chosen(d[k], ys)] for d in draws]).float()
+         for k, mode in enumerate(("per-image", "batch-wide"))}
+n_px = {mode: torch.stack([d[k].sum(dim=(1, 2, 3)) for d in draws]) for k, mode in enumerate(("per-image", "batch-wide"))}
+for mode in n_cls:
+    print(f"{mode:>10}: classes pasted per image {n_cls[mode].mean():.2f} ({int(n_cls[mode].min())} to "
+          f"{int(n_cls[mode].max())}) | pixels per image {n_px[mode].mean():.0f} ({int(n_px[mode].min())} to "
+          f"{int(n_px[mode].max())})")
+
+# %%
+a, c = (n_cls[m].mean() for m in ("per-image", "batch-wide"))
+lo, hi = int(n_cls["batch-wide"].min()), int(n_cls["batch-wide"].max())
+Markdown(f"Per image, the per-image mode always pastes ⌈n/2⌉ of the image's own classes "
+         f"({', '.join(str((n + 1) // 2) for n in own)} here). The batch-wide mode draws "
+         f"{(len(union) + 1) // 2} of the batch's {len(union)} label values and pastes those the image holds: "
+         f"from {lo} to {hi} classes in these 200 draws, {c:.2f} on average against {a:.2f} — "
+         f"{'more' if c > a else 'fewer'} here, because each image holds "
+         f"{' and '.join(str(n) for n in own)} of the {len(union)} values. In general an image holding n of the N "
+         f"values pastes between max(0, k − (N − n)) and min(n, k) classes, k = ⌈N/2⌉ — here "
+         f"{max(0, (len(union) + 1) // 2 - (len(union) - own[0]))} to {min(own[0], (len(union) + 1) // 2)} for image 0. "
+         f"The more the images of a batch differ, the wider that range, down to nothing pasted: how much an image "
+         f"pastes becomes a matter of which images share its batch — the accident the kit's default avoids.")
 
 # %% [markdown]
 # ## Strong augmentation of the mixed image
@@ -182,7 +226,7 @@ for seed in range(3):
     aug = strong_augment(x_mix, generator=torch.Generator().manual_seed(seed))
     rows.append([x_mix[0], aug[0], x_mix[1], aug[1]])
     titles.append(["mixed", f"augmented (seed {seed})", "mixed", f"augmented (seed {seed})"])
-image_grid(rows, titles, cell_size=1.3)
+image_grid(rows, titles, cell_size=2.0)
 
 # %% [markdown]
 # The augmentation changes appearance but never geometry, so the mixed label stays valid. Why
@@ -202,7 +246,8 @@ print("mean abs change per image:", ", ".join(f"{float(v):.3g}" for v in change)
 #
 # The widget below draws a new class choice with every click on **resample** (the seed goes up by
 # one), switches between per-image and batch-wide choice, and optionally applies the strong
-# augmentation. Watch how the batch-wide choice sometimes pastes almost nothing into one image.
+# augmentation. Resample in batch-wide mode and watch the number of pasted classes per image change
+# from draw to draw (the status line names them).
 
 # %%
 from cluda_kit.analysis.widgets import MixingExplorer
@@ -218,6 +263,66 @@ def draw(seed, per_image, augment):
 
 
 MixingExplorer(draw, seed=0)
+
+# %% [markdown]
+# ## What to remember
+#
+# - ClassMix pastes ⌈n/2⌉ of a source image's n classes onto a target image; the mixed label is the
+#   source label on the pasted pixels and the teacher's pseudo-label elsewhere.
+# - The releases of DAFormer, HRDA and CLUDA draw from the classes of the *whole batch* (ignore
+#   included), so an image may paste fewer of its classes, or none; the kit draws per image unless
+#   `uda.mix_per_image=false`.
+# - Strong augmentation (colour jitter, blur) touches only the mixed image and never its geometry.
+#
+# ## Exercises
+#
+# **1.** A source image holds n = 5 classes. How many classes does ClassMix paste, and how many
+# different masks can it draw for that image?
+#
+# <details><summary>Solution</summary>
+#
+# ⌈5/2⌉ = 3 classes, and every 3-subset of the 5 is equally likely: C(5, 3) = 10 masks. The hidden
+# cell below counts them from the library's draws.
+# </details>
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+five = torch.tensor([[[0, 1, 2, 8, 10]]]).repeat_interleave(4, dim=1)  # one image, 5 classes
+masks = {tuple(class_mix_masks(five, generator=torch.Generator().manual_seed(s))[0, 0, 0].int().tolist())
+         for s in range(300)}
+print(f"pasted classes: {sum(next(iter(masks)))} | different masks in 300 draws: {len(masks)}")
+
+# %% [markdown]
+# **2.** Change the mixing mode: redraw the mask of the section "The ClassMix mask" with
+# `per_image=False` (the release's choice) and the same seed 0. Does image 0 paste the same classes?
+#
+# <details><summary>Solution</summary>
+#
+# Rerun that cell's two lines with `per_image=False`; the hidden cell prints both draws. With the
+# same seed both modes rank the values with the same random numbers, so they differ only where the
+# batch's union puts a value the image lacks among the drawn ones — the seed search above finds
+# the first draw where the number of pasted classes differs.
+# </details>
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+for per_image in (True, False):
+    mask = class_mix_masks(ys, per_image=per_image, generator=torch.Generator().manual_seed(0))
+    print(f"per_image={per_image}: image 0 pastes {chosen(mask, ys)[0]}")
+
+# %% [markdown]
+# **3.** Switch the colour jitter off (`color_jitter_p=0`) and the blur on for every draw
+# (`blur_p=1`): how much does the mean absolute change per image of the seed-0 augmentation drop?
+#
+# <details><summary>Solution</summary>
+#
+# The hidden cell prints both. Blur alone changes only edges and textures, while the jitter moves the
+# colour of every pixel, so the change without jitter is the smaller one.
+# </details>
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+for kw in ({}, {"color_jitter_p": 0.0, "blur_p": 1.0}):
+    out = strong_augment(x_mix, generator=torch.Generator().manual_seed(0), **kw)
+    print(kw or "default", "-> mean abs change per image:",
+          ", ".join(f"{float(v):.3g}" for v in (out - x_mix).abs().mean(dim=(1, 2, 3))))
 
 # %% [markdown]
 # **Next:** notebook 02 replaces the target labels used here by the teacher's pseudo-labels and

@@ -24,7 +24,7 @@
 # * **Confidence weight q.** ŷ = argmax of the teacher's softmax, p = its max probability. One
 #   scalar **q = fraction of all pixels of the target batch with p ≥ τ = 0.968** weights *every*
 #   target pixel of the mixed loss. Early in training q ≈ 0 and the target pixels barely count;
-#   as the teacher grows confident, q rises towards 1.
+#   as the teacher grows confident, q rises — how far, this notebook reads from a trained run.
 # * **Margins.** `data.pseudo_margins = (top, bottom, left, right)` counts pixel rows and columns
 #   at the edges of the **training crop** whose pseudo-label *weight* is set to 0 (the pseudo-labels
 #   stay; those target pixels just do not count). DAFormer uses (15, 120, 0, 0) on its 512×512
@@ -39,13 +39,14 @@
 # %matplotlib inline
 from cluda_kit.notebook import setup
 
-nb = setup()  # profile (CLUDA_PROFILE: tiny | demo | full), threads, seeds, figure dpi, trained runs found
+nb = setup()  # threads, seeds, figure dpi; prints the profile and the trained runs found
 PROFILE = nb.profile
 
 # %%
 import numpy as np
 import torch
 import torch.nn.functional as F
+from IPython.display import Markdown
 from matplotlib.figure import Figure
 
 from cluda_kit.analysis.plots import class_legend, confidence_map, image_grid, present_classes, value_colorbar
@@ -94,12 +95,13 @@ for t in (0, 1, 9, 99, 998, 999, 40000):
     print(f"t = {t:5d}: alpha_t = {ema_alpha(t, 0.999):.4f}")
 
 # %%
-ts = np.arange(0, 3000)
+ts = np.arange(1, 3000)  # from t = 1: a log axis has no place for t = 0 (where α_0 = 0)
 fig = Figure(figsize=(5, 2.6))
 ax = fig.subplots()
 ax.plot(ts, [ema_alpha(int(t)) for t in ts])
-ax.axvline(999, ls="--", c="0.5")
-ax.set(xscale="symlog", xlabel="iteration t", ylabel="α_t", title="EMA decay ramp (cap 0.999 from t = 999)")
+ax.axvline(999, ls="--", c="0.5", label="cap reached, t = 999")
+ax.set(xscale="log", xlabel="iteration t (log scale)", ylabel="α_t", title="EMA decay ramp (cap 0.999 from t = 999)")
+ax.legend(fontsize=7, loc="lower right")
 fig.tight_layout()
 fig
 
@@ -147,9 +149,15 @@ fig
 # Every logged point is one target batch of two images, so q jumps from step to step; the running
 # mean shows the trend. At the start the teacher is a random network and no pixel reaches 0.968:
 # q = 0 and the mixed loss learns from the pasted source pixels only. This is the intended warm-up
-# — wrong pseudo-labels at full weight would reinforce themselves. As the teacher grows confident,
-# q rises; the line above the figure gives how far and how fast in this run (a stand-in trained
-# here for seconds may not leave 0 at all).
+# — wrong pseudo-labels at full weight would reinforce themselves. What this run did:
+
+# %%
+half = (f"first reaches 0.5 at iteration {above.min()}" if len(above) else "never reaches 0.5")
+Markdown(f"In this run q {half}; the mean q of its last {len(tail)} logged steps is **{tail.mean():.2f}**, "
+         f"far from 1. About {100 * tail.mean():.0f} % of a target batch's pixels reach p ≥ 0.968 "
+         f"at the end of this run's {ITERS} iterations, so every target pixel of the mixed loss counts "
+         f"{tail.mean():.2f} times as much as a pasted source pixel. A longer run (the paper trains 40 000 "
+         f"iterations) lets the teacher grow more confident and q climb further.")
 
 # %% [markdown]
 # ## Teacher predictions and confidence maps
@@ -157,6 +165,13 @@ fig
 # The run's EMA teacher on clean target validation images (no augmentation). Pixels with p ≥ τ
 # are the ones that count towards q; note where the teacher is unsure — object boundaries, small
 # and rare classes.
+#
+# One difference from training: `load_run_model` returns the teacher in **eval mode**, so its
+# BatchNorm layers (in the decoder) normalise with their running statistics. During training the
+# kit's default `uda.teacher_mode: train` (the release's behaviour) runs the teacher in train mode
+# with dropout off, so BatchNorm normalises with the statistics of the target batch it sees — an
+# implicit AdaBN-style adaptation. Confidences here can therefore differ somewhat from the q the
+# trainer logged.
 
 # %%
 val = Miniscapes("real", "val", size=cfg.data.val.size)
@@ -184,9 +199,9 @@ fig
 # %% [markdown]
 # ## The weight q against the threshold
 #
-# q is a step function of τ over the teacher's confidence distribution. The paper's τ = 0.968 sits
-# far in the tail — it is chosen for a *trained* teacher, whose confidences pile up near 1. The
-# curve is the same teacher on the same four validation images.
+# q is a step function of τ over the teacher's confidence distribution: the share of pixels whose
+# confidence p reaches τ. The paper chose τ = 0.968 for a *trained* teacher, whose confidences pile
+# up near 1. The curve is the same teacher on the same four validation images.
 
 # %%
 taus = np.linspace(0.3, 0.999, 200)
@@ -200,6 +215,17 @@ ax.title.set_fontsize(8)
 ax.legend(fontsize=7)
 fig.tight_layout()
 fig
+
+# %%
+q_at = {t: float((p_all >= t).float().mean()) for t in (0.5, 0.9, 0.968, 0.99)}
+Markdown(f"Read the curve at τ = 0.968: **{100 * q_at[0.968]:.0f} %** of this teacher's pixels are that confident "
+         f"(at τ = 0.5: {100 * q_at[0.5]:.0f} %, at 0.9: {100 * q_at[0.9]:.0f} %, at 0.99: {100 * q_at[0.99]:.0f} %). "
+         + ("So τ = 0.968 does not sit far in the tail of this teacher's confidences: a trained teacher is very "
+            "sure of a large share of its pixels, and the threshold keeps those. "
+            if q_at[0.968] >= 0.2 else
+            "Only a small share of this teacher's pixels reach τ = 0.968: a barely trained teacher is rarely that "
+            "sure. ")
+         + f"Between τ = 0.9 and 0.968, q changes by {100 * (q_at[0.9] - q_at[0.968]):.0f} points.")
 
 # %% [markdown]
 # ## The weight map of a mixed image
@@ -244,12 +270,68 @@ for name, where in (("source pixels", source), ("target pixels outside the margi
 # ## Explore: move the threshold
 #
 # The slider sets τ over the teacher's predictions on the validation batch; the status line gives
-# the resulting q. Lowering τ admits more (and noisier) pseudo-labels at full strength.
+# the resulting q over all four images. The figure shows one image (`image_index=0`; pass
+# `image_index=1` … `3` for the others). Lowering τ admits more (and noisier) pseudo-labels at full
+# strength.
 
 # %%
 from cluda_kit.analysis.widgets import PseudoLabelExplorer
 
 PseudoLabelExplorer(probs, x_val, threshold=0.968)
+
+# %% [markdown]
+# ## What to remember
+#
+# - The EMA teacher is a slowly moving average of the student (α = 0.999 from iteration 999 on);
+#   it labels the target images.
+# - One scalar q — the share of a target batch's pixels whose confidence reaches τ = 0.968 — weights
+#   every target pixel of the mixed loss; margins set the weight to 0, pasted source pixels keep 1.
+# - q starts at 0 (an untrained teacher is never that confident) and rises as the teacher learns; it
+#   need not approach 1 within a short run.
+# - The teacher runs in train mode during training (BatchNorm on the target batch's statistics).
+#
+# ## Exercises
+#
+# **1.** Change the confidence threshold: rerun the teacher cell with τ = 0.9 instead of the
+# preset's 0.968. How much larger is q on the four validation images?
+#
+# <details><summary>Solution</summary>
+#
+# `pseudo_label(t_logits, threshold=0.9)` returns the weights; q is their maximum. The hidden cell
+# prints both; the difference is the drop of the q-vs-τ curve between 0.9 and 0.968.
+# </details>
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+for tau in (cfg.uda.pseudo_threshold, 0.9):
+    _, w = pseudo_label(t_logits, threshold=tau)
+    print(f"tau = {tau}: q = {float(w.max()):.3f}")
+
+# %% [markdown]
+# **2.** After how many iterations does the teacher average over (roughly) the last 100 student
+# states, i.e. when does α_t reach 0.99?
+#
+# <details><summary>Solution</summary>
+#
+# α_t = 1 − 1/(t + 1) ≥ 0.99 from t = 99 on (the hidden cell finds it with `ema_alpha`).
+# </details>
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+print("alpha_t >= 0.99 from t =", next(t for t in range(10_000) if ema_alpha(t, 0.999) >= 0.99))
+
+# %% [markdown]
+# **3.** HRDA zeroes (30, 240, 30, 30) pixels of the 2048×1024 frame. Which share of the frame's
+# target pixels then carries no weight?
+#
+# <details><summary>Solution</summary>
+#
+# Only the rows and columns inside the frame minus the margins count: 1 − (1024 − 30 − 240)(2048 − 60)
+# / (1024 · 2048). `pseudo_label` with `threshold=0` gives the same from the margin mask.
+# </details>
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+_, kept = pseudo_label(torch.zeros(1, 2, 1024, 2048), threshold=0.0, ignore_top=30, ignore_bottom=240,
+                       ignore_left=30, ignore_right=30)
+print(f"zero-weight share: {1 - float(kept.mean()):.3f} | by hand: {1 - (1024 - 270) * (2048 - 60) / (1024 * 2048):.3f}")
 
 # %% [markdown]
 # **Next:** notebook 03 opens the network and finds the fused feature map the CLUDA contrastive

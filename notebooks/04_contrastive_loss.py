@@ -36,17 +36,21 @@
 # %matplotlib inline
 from cluda_kit.notebook import setup
 
-nb = setup()  # profile (CLUDA_PROFILE: tiny | demo | full), threads, seeds, figure dpi, trained runs found
+nb = setup()  # threads, seeds, figure dpi; prints the profile and the trained runs found
 PROFILE = nb.profile
 
 # %%
+import json
+import math
 import time
 
 import torch
+from IPython.display import Markdown
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from cluda_kit.analysis.plots import to_rgb_uint8
+from cluda_kit.analysis.studies import paired_result, read_study
 from cluda_kit.config import load_config
 from cluda_kit.data.labels import CLASSES
 from cluda_kit.data.miniscapes import Miniscapes
@@ -177,6 +181,37 @@ ax.set(xscale="log", xlabel="temperature τ (τ_b = τ)", ylabel="loss", title="
 ax.legend(); fig.tight_layout(); fig
 
 # %% [markdown]
+# Why is CLUDA's loss nearly flat at the release's τ = 1? Add the best case: **perfect** features,
+# one orthogonal direction per class (every positive at cosine 1, every negative at 0). With τ = 1 a
+# positive's term is ℓ = 1 − log(e¹ + Σ_neg e^{cos}); with cosines in [−1, 1] the sum over K
+# negatives stays between K/e and K·e, so ℓ cannot approach 0 — the loss has a high floor:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+perfect_f = torch.nn.functional.one_hot(lab, 32).permute(0, 3, 1, 2).float()  # (1, 32, 16, 32): class c -> axis c
+table = {}
+for t in (1.0, 0.1):
+    table[t] = {name: pixel_contrastive_loss(f, lab, temperature=t, base_temperature=t).item()
+                for name, f in (("random", random_f), ("clustered", clustered), ("perfect", perfect_f))}
+    print(f"tau = {t}: " + " | ".join(f"{k} {v:.2f}" for k, v in table[t].items()))
+k_neg = (lab.numel() - torch.bincount(lab.flatten()).float().pow(2).sum() / lab.numel()).item()  # mean negatives
+print(f"mean negatives per anchor K = {k_neg:.0f}; floor at tau = 1 by hand: log(e + K) - 1 = {math.log(math.e + k_neg) - 1:.2f}")
+
+# %%
+study = read_study(nb.root / "bench" / "results" / "study_cluda_750.json")
+cl, t01 = paired_result(study, "cluda", "daformer"), paired_result(study, "cluda_tau0.1", "daformer")
+r1, r01 = table[1.0], table[0.1]
+Markdown(f"At τ = 1 the loss can only fall from {r1['random']:.2f} (random features) to {r1['perfect']:.2f} "
+         f"(perfect ones); clustered features sit at {r1['clustered']:.2f}. The whole way from random to perfect is "
+         f"{r1['random'] - r1['perfect']:.2f}, a {100 * (r1['random'] - r1['perfect']) / r1['random']:.0f} % drop, so "
+         f"the loss looks nearly flat during training (notebook 05: `cl_src` stays near its start) and its gradient "
+         f"pulls only gently. At τ = 0.1 the same features give {r01['random']:.2f}, {r01['clustered']:.2f} and "
+         f"{r01['perfect']:.2f}: a perfect clustering is worth almost the whole loss. This is the kit's explanation of "
+         f"CLUDA's weak effect on miniscapes: over {cl['n']} seeds CLUDA (τ = 1) ends {cl['delta']:+.2f} ± "
+         f"{cl['delta_std']:.2f} mIoU against DAFormer, and with τ = 0.1 {t01['delta']:+.2f} ± {t01['delta_std']:.2f} "
+         f"(`bench/results/study_cluda_750.md`; notebook 06 reads the study).")
+
+# %% [markdown]
 # ## Pair weights
 #
 # On the mixed batch each pair is weighted by ω_ij = ρ_i ρ_j: source–source pairs 1, source–target
@@ -198,16 +233,22 @@ qs = torch.linspace(0, 1, 11)
 losses = [pixel_contrastive_loss(clustered, lab, torch.where(is_target, q, 1.0)).item() for q in qs]
 fig = Figure(figsize=(5, 3))
 ax = fig.subplots()
-ax.plot(qs, losses, "o-")
+ax.plot(qs, losses, "o-", label="the same clustered features")
 ax.set(xlabel="q (weight of the target pixels)", ylabel="loss", title="half the pixels weighted by q")
-fig.tight_layout(); fig
+ax.legend(fontsize=8); fig.tight_layout(); fig
+
+# %%
+Markdown(f"The features are the same at every q; only the weights change. The loss rises from {losses[0]:.2f} at q = 0 "
+         f"to {losses[-1]:.2f} at q = 1 because more pairs count: source–target pairs with weight q, target–target pairs "
+         f"with q², while M (the anchors) stays the same. A higher contrastive loss as q grows during training therefore "
+         f"means *more weighted pairs*, not worse features — keep that in mind when reading `cl_mix` in notebook 05.")
 
 # %% [markdown]
 # ## Time and memory against the number of anchors
 #
 # The release computes the full N×N similarity matrix under autograd. Memory is O(N²): at
-# 2 × 65 × 65 = 8450 anchors its CPU run peaked at 6.5 GB, and HRDA + CLUDA did not fit a 24 GB GPU.
-# The library has both: `impl="plain"` is the formula with full matrices under autograd (what the
+# 2 × 65 × 65 = 8450 anchors (D = 256) its CPU process peaked at 6.5 GB (docs/method.md), and
+# HRDA + CLUDA did not fit a 24 GB GPU. The library has both: `impl="plain"` is the formula with full matrices under autograd (what the
 # release does, a few dozen lines: `cluda_kit.uda.contrastive.plain_loss`), and the default
 # `impl="blocked"` computes the same value in row blocks of 1024 anchors inside one autograd
 # Function, so only O(block · N) scratch memory is alive and O(N · D) is kept for backward. Below,
@@ -253,6 +294,20 @@ ax1.set(xlabel="anchors N", ylabel="seconds", title="forward + backward time")
 ax2.set(xlabel="anchors N", ylabel="MiB", yscale="log", title="memory kept for backward")
 ax1.legend(fontsize=8); fig.tight_layout(); fig
 
+# %%
+bench = json.loads((nb.root / "bench" / "results" / "contrastive.json").read_text())["result"]
+peak = {r["n"]: (r["plain"]["peak_mb"], r["kit"]["peak_mb"]) for r in bench["rows"]} if "kit" in bench["rows"][0] else {}
+n_last, kept_plain, kept_blocked = rows[-1][0], rows[-1][1][1], rows[-1][2][1]
+Markdown(f"Three memory numbers, three different things. Above, at N = {n_last} (D = 64), autograd keeps "
+         f"**{kept_plain:.0f} MiB** for the plain formula's backward and {kept_blocked:.1f} MiB for the blocked one: "
+         f"only the saved tensors, not the temporaries of the forward pass. The whole process peaks higher: "
+         + (f"`bench/contrastive_memory.py` measured {peak[8450][0]:.0f} MB for the kit's plain formula and "
+            f"{peak[8450][1]:.0f} MB for the blocked kernel at N = 8450, D = {bench['config']['dim']} "
+            f"(`bench/results/contrastive.md`). " if 8450 in peak else "")
+         + "The release's 6.5 GB is its own implementation's process peak at that size: it keeps more N×N tensors "
+           "alive at once (similarities, exponentials, float masks, weighted terms and their gradients). All three "
+           "grow with N²; the blocked kernel's memory grows with N·D.")
+
 # %% [markdown]
 # The plain formula's memory grows with N² (doubling N quadruples it), the blocked kernel's with N·D.
 # With a GPU, `loss.contrastive.max_anchors` additionally caps the anchors with class-balanced
@@ -295,5 +350,52 @@ for bsz in (2, 1):
 # The default (`loss.contrastive.official_compat=false`) keeps one consistent image-major order for
 # features, labels and weights and excludes ignored pixels as anchors, positives and negatives.
 # The `gta2cs_hrda_cluda_reference` preset switches the quirks on to reproduce the release.
+
+# %% [markdown]
+# ## What to remember
 #
+# - The loss pulls each anchor towards the other pixels of its class — in both domains — and pushes
+#   it from every other class; each positive is contrasted with itself and the negatives only.
+# - Pair weights ω_ij = ρ_i ρ_j carry q into the loss: a rising q means more weighted pairs and a
+#   higher loss, not worse features.
+# - At τ = 1 cosines in [−1, 1] leave a high floor: random and perfect features differ by little, so
+#   the loss looks flat and pulls gently. A smaller τ makes clustering worth the whole loss.
+# - The blocked kernel computes the same value and gradient as the full-matrix formula in O(N·D)
+#   kept memory instead of O(N²).
+#
+# ## Exercises
+#
+# **1.** Change the temperature: recompute the random / clustered / perfect losses at τ = 0.5 and
+# τ = 0.05. At which τ is the gap between random and perfect features largest relative to the
+# random loss?
+#
+# <details><summary>Solution</summary>
+#
+# Rerun the floor cell with other temperatures; the relative gap (random − perfect) / random grows
+# as τ falls, towards 1 (the hidden cell prints it).
+# </details>
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+for t in (1.0, 0.5, 0.1, 0.05):
+    r, p_ = (pixel_contrastive_loss(f, lab, temperature=t, base_temperature=t).item() for f in (random_f, perfect_f))
+    print(f"tau = {t}: random {r:.2f}, perfect {p_:.2f}, relative gap {(r - p_) / r:.2f}")
+
+# %% [markdown]
+# **2.** Check the floor by hand: with perfect orthogonal features at τ = 1 every positive has
+# cos = 1 and every negative cos = 0, so ℓ = 1 − log(e + K) with K negatives. Compare with the
+# library for one anchor class of 10 pixels among 100 pixels of other classes.
+#
+# <details><summary>Solution</summary>
+#
+# For the 10-pixel class K = 100; for a pixel of the 100-pixel class K = 10. The loss averages the
+# anchors: −(10 · (1 − log(e + 100)) + 100 · (1 − log(e + 10))) / 110.
+# </details>
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+y2 = torch.cat([torch.zeros(10), torch.ones(100)]).long().reshape(1, 1, 110)
+f2 = torch.nn.functional.one_hot(y2, 2).permute(0, 3, 1, 2).float()
+by_hand = -(10 * (1 - math.log(math.e + 100)) + 100 * (1 - math.log(math.e + 10))) / 110
+print(f"library {pixel_contrastive_loss(f2, y2).item():.4f} | by hand {by_hand:.4f}")
+
+# %% [markdown]
 # **Next:** notebook 05 trains the whole pipeline from a cell.

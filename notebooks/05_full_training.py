@@ -22,24 +22,26 @@
 #
 # | profile | preset | what it is for |
 # |---|---|---|
-# | `tiny` (default here) | `miniscapes_tiny` | tests: 64×128 scenes, a few iterations, seconds |
-# | `demo` | `miniscapes_cluda` | the CPU demo: 128×256 crops, the budget of `_miniscapes_base.yaml` (`make demo` trains the same) |
-# | `full` | `gta2cs_daformer_cluda` | the paper: GTA5 → Cityscapes, MiT-B5, 40 000 iterations; needs a GPU and the prepared data under `data/` |
+# | `demo` (the default) | `miniscapes_cluda` | the CPU demo: 128×256 crops, the budget of `_miniscapes_base.yaml` (`make demo` trains the same) |
+# | `tiny` | `miniscapes_tiny` | the tests: 64×128 scenes, a few iterations, seconds |
+# | `full` | `gta2cs_daformer_cluda` | the paper: GTA5 → Cityscapes, MiT-B5, 40 000 iterations; needs a GPU and the prepared data under `data/` (its cost: below) |
 #
-# Set `CLUDA_PROFILE=demo` (or `full`) in the environment before starting JupyterLab.
+# The profile comes from the environment variable `CLUDA_PROFILE`, set before starting JupyterLab
+# (`make lab` starts it with `demo`).
 
 # %%
 # %matplotlib inline
 from cluda_kit.notebook import setup
 
-nb = setup()  # profile (CLUDA_PROFILE: tiny | demo | full), threads, seeds, figure dpi, trained runs found
+nb = setup()  # threads, seeds, figure dpi; prints the profile and the trained runs found
 PROFILE = nb.profile
 
 # %%
 import json
 
+import numpy as np
 import torch
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from cluda_kit.analysis.plots import (class_legend, debug_figure, image_grid, plot_curves, present_classes,
                                       value_colorbar)
@@ -81,6 +83,24 @@ for it in (0, 750, 1500, 20000, 39999):
     print(f"iter {it:5d}: encoder lr {lr:.3e} | head lr {lr * o.head_lr_mult:.3e}")
 
 # %% [markdown]
+# What would the `full` profile cost? The kit measured the paper preset's step on one H100
+# (`bench/gpu_check.py`, results in `bench/results/`):
+
+# %%
+gpu = json.loads((nb.root / "bench" / "results" / "gpu_check_H100_gta2cs_daformer_cluda.json").read_text())
+for r in gpu["records"]:
+    print(f"{r['preset']} on {r['device']}: amp {r['amp']:<4} checkpointing {str(r['activation_checkpointing']):<5} "
+          f"{r['sec_per_iter']:.2f} s/it, peak {r['peak_mem_gib']:.1f} GiB -> {paper.train.max_iters} iterations "
+          f"{paper.train.max_iters * r['sec_per_iter'] / 3600:.1f} h")
+
+# %%
+fast = min(gpu["records"], key=lambda r: r["sec_per_iter"])
+Markdown(f"The fastest setting, eager {fast['amp']} without activation checkpointing, takes {fast['sec_per_iter']:.2f} s "
+         f"per iteration: the paper's {paper.train.max_iters} iterations of DAFormer + CLUDA take about "
+         f"**{paper.train.max_iters * fast['sec_per_iter'] / 3600:.1f} hours** on one H100 (evaluations extra). On a "
+         f"CPU the `full` profile is out of reach; the cell below refuses to start it without a GPU.")
+
+# %% [markdown]
 # ## Two parts of the step not met yet: rare class sampling and the feature distance
 #
 # Both come from DAFormer and are switched on in the DAFormer and CLUDA presets.
@@ -108,13 +128,25 @@ for c in probs.argsort(descending=True).tolist():
 # for every 0.01 less frequency.
 #
 # **Feature distance** (`uda.fd`). In the paper the encoder starts from ImageNet weights, which
-# recognise objects well, and training on synthetic images alone erodes that. DAFormer keeps a
+# recognise objects well, and training on synthetic images alone erodes that. (The demo has no
+# ImageNet weights: its `mit_nano` encoder starts from a *stand-in*, pretrained by the kit on a
+# synthetic fractal-classification task — provenance below.) DAFormer keeps a
 # frozen copy of the pretrained encoder and adds λ_FD · mean ‖f_student − f_frozen‖₂ over the
 # bottleneck (stage-4, stride-32) features of the source image, counting only cells whose label is
 # a *thing* class: a cell keeps its class if that class covers at least `uda.fd.min_ratio` of its
 # 32×32 patch. λ_FD = `uda.fd.weight`. (The frozen copy is the student's encoder at iteration 0:
 # the pretrained weights when `model.pretrained` is set, else its random initialisation.) The
 # thing cells of twenty source crops of the demo's size:
+
+# %%
+from importlib.resources import files
+
+print(f"demo encoder: model.pretrained = {demo.model.pretrained}")
+prov = json.loads((files("cluda_kit") / "weights" / "mit_nano_fractal.pt.json").read_text())
+print(f"  task: {prov['task']}")
+print(f"  {prov['config']['iters']} iterations, batch {prov['config']['batch_size']}, {prov['config']['size']} px images, "
+      f"{prov['train_wall_s'] / 60:.0f} min on {prov['threads']} CPU threads ({prov['command']})")
+print(f"  held-out top-1 accuracy {prov['heldout_top1_accuracy']:.3f} (chance {prov['chance_accuracy']})")
 
 # %%
 fd = demo.uda.fd
@@ -127,9 +159,13 @@ print(f"cells per crop {tuple(cells.shape[1:])}; thing cells per crop:", is_thin
 print("their classes:", sorted({CLASSES[c] for c in cells[is_thing].tolist()}))
 
 # %% [markdown]
-# A 32×32 patch is large next to the objects of a small crop, so few cells qualify — mostly large
-# vehicles — and many batches have none (the loss is then 0). The `fd` panel of the live plot below
-# shows the term during training.
+# %%
+per_crop = is_thing.sum(dim=(1, 2))
+Markdown(f"A 32×32 patch is large next to the objects of a {H}×{W} crop, so few cells qualify: "
+         f"{int((per_crop > 0).sum())} of these 20 crops have any thing cell, {int(per_crop.sum())} cells in all. "
+         f"A batch without one has feature distance 0, so the `fd` curve below jumps between 0 and small values. The "
+         f"frozen encoder here is the fractal stand-in: the term keeps the student's bottleneck features near what "
+         f"that pretraining learned, as ImageNet weights would in the paper.")
 
 # %% [markdown]
 # ## The run of this profile
@@ -201,8 +237,13 @@ def live_plot(trainer, record):
 # %%
 trainer = Trainer(cfg, RUN_DIR, callbacks=[live_plot], progress=True, overwrite=True)
 summary = trainer.fit()
-print(f"mIoU after {summary['iter']} iterations: {summary['miou']:.2f} ({summary['iters_per_s']:.2f} it/s)")
+print(f"mIoU after {summary['iter']} iterations: {summary['miou']:.2f} | {summary['wall_time_s']:.0f} s in fit(), "
+      f"{summary['iters_per_s']:.2f} it/s over that time")
 
+# %% [markdown]
+# The rate printed here is the iterations over the whole of `fit()` — evaluations, checkpoints and
+# the live plot's redraws included — while the progress bar shows the rate of the training steps
+# alone, which is higher.
 # %% [markdown]
 # ## Resume from the run directory
 #
@@ -240,8 +281,47 @@ else:
 print(f"shown: {SHOWN}, iteration {shown_run.iter}, mIoU {shown_summary['miou']:.2f}")
 
 # %%
+shown_records = read_metrics(TRAINED if TRAINED else RUN_DIR)
 if TRAINED:
-    display(curves(read_metrics(TRAINED), title=f"run {SHOWN}: the whole budget"))
+    display(curves(shown_records, title=f"run {SHOWN}: the whole budget"))
+
+# %% [markdown]
+# How to read these curves — the next cell measures each claim on the records of the run shown:
+
+# %%
+steps = [r for r in shown_records if "q" in r and "cl_src" in r]
+evals = [r for r in shown_records if "miou" in r]
+tenth = max(1, len(steps) // 10)
+first, last = steps[:tenth], steps[-tenth:]
+
+
+def avg(rs, k):
+    return float(np.mean([r[k] for r in rs]))
+
+
+q_arr, clm = np.array([r["q"] for r in steps]), np.array([r["cl_mix"] for r in steps])
+corr = float(np.corrcoef(q_arr, clm)[0, 1]) if q_arr.std() > 0 else float("nan")
+fd_zero = float(np.mean([r.get("fd", 0.0) == 0 for r in steps]))
+d_cl = avg(last, "cl_src") - avg(first, "cl_src")
+flat = abs(d_cl) < 0.1 * avg(first, "cl_src")
+lines = [
+    f"- **`cl_src` is {'flat' if flat else 'moving'}**: {avg(first, 'cl_src'):.2f} in the first tenth of the logged "
+    f"steps, {avg(last, 'cl_src'):.2f} in the last ({d_cl:+.2f}). At τ = 1 the loss has a high floor (notebook 04), "
+    f"so even features that cluster better barely lower it.",
+    f"- **`cl_mix` {'rises with q' if corr > 0.5 else 'does not clearly follow q' if corr == corr else 'cannot follow q, which stays constant here'}**"
+    f" (correlation over the logged steps {corr:.2f}; `cl_mix` {avg(first, 'cl_mix'):.2f} → {avg(last, 'cl_mix'):.2f}, "
+    f"q {avg(first, 'q'):.2f} → {avg(last, 'q'):.2f}). The mixed loss weights target pairs by q and q², so a rising q "
+    f"counts more pairs — a higher value, not worse features (notebook 04).",
+    f"- **The total loss** goes from {avg(first, 'loss'):.2f} to {avg(last, 'loss'):.2f}; the cross-entropy on the source "
+    f"from {avg(first, 'ce_src'):.2f} to {avg(last, 'ce_src'):.2f}. The two contrastive terms are "
+    f"{100 * (avg(last, 'cl_src') + avg(last, 'cl_mix')) / avg(last, 'loss'):.0f} % of the final total, so a falling "
+    f"cross-entropy barely shows in it.",
+    f"- **`fd`** is 0 on {100 * fd_zero:.0f} % of the logged steps: those source batches hold no thing-class cell "
+    f"(see the thing cells above)" + (", so the curve jumps between 0 and small values." if 0 < fd_zero < 1 else "."),
+    f"- **mIoU** has {len(evals)} point(s): the run evaluates every {shown_run.cfg.train.eval_every} iterations, so the "
+    f"line joins only those evaluations.",
+]
+Markdown("\n".join(lines))
 
 # %% [markdown]
 # ## Per-class IoU
@@ -281,10 +361,22 @@ fig.suptitle(f"student of {SHOWN}", y=1.0, va="bottom", fontsize=9)
 class_legend(fig, present_classes(*[lab for _, lab, _ in shown], *[pred for *_, pred in shown]))
 fig
 
-# %% [markdown]
-# Compare the prediction with the ground truth class by class (the legend names the colours). A
-# barely trained network confuses most classes; training gets the large, frequent ones right
-# first.
+# %%
+ious = {c: v for c, v in shown_summary["iou"].items() if v is not None and v == v}
+zero = [c for c, v in ious.items() if v == 0]
+draws = {c: shown_summary["iter"] * demo.data.batch_size * float(probs[CLASSES.index(c)]) for c in zero}
+Markdown(
+    f"Compare the prediction with the ground truth class by class (the legend names the colours). Of the "
+    f"{len(ious)} classes scored, {sum(v >= 50 for v in ious.values())} reach 50 IoU or more, "
+    f"{sum(0 < v < 50 for v in ious.values())} lie between 0 and 50, and {len(zero)} are at 0"
+    + (f": {', '.join(zero)}. " if zero else ". ")
+    + ("Rare class sampling puts these classes into about "
+       + ", ".join(f"{c} {d:.0f}" for c, d in draws.items())
+       + f" source crops in {shown_summary['iter']} iterations (iterations × batch × P(c)). Seeing a class often on "
+         "the source is not enough: its objects are small at this resolution, its target appearance differs, and "
+         "the teacher is rarely confident on it, so its pseudo-labels seldom count (q) and the student learns to "
+         "call it something frequent instead (notebook 06's gallery shows one such class)."
+       if zero and demo.data.rcs.enabled else ""))
 
 # %%
 batch = shown_run.debug_batch()
@@ -300,6 +392,64 @@ fig
 # margins, 0 inside them (while the teacher is unsure, q and the whole panel stay near 0); the
 # mixed label combines the pasted source labels with the pseudo-labels; the last panel is the
 # student's prediction on the target image.
+
+# %% [markdown]
+# ## What to remember
+#
+# - One `Trainer` runs the whole CLUDA step; a callback can draw live curves, and a run directory
+#   resumes bit-identically (`Trainer.resume`).
+# - Rare class sampling draws rare classes into the source batch; the feature distance keeps the
+#   bottleneck features of thing classes near the pretrained encoder's (here a fractal-pretrained
+#   stand-in for ImageNet weights).
+# - Read the curves with notebook 04 in mind: at τ = 1 `cl_src` hardly moves, `cl_mix` rises with q,
+#   `fd` is 0 whenever a batch has no thing cell.
+# - The paper's setting costs hours on a large GPU; the demo runs on a CPU in minutes.
+#
+# ## Exercises
+#
+# **1.** Change the RCS temperature from 0.01 to 0.1 and rerun the P(c) cell. What happens to the
+# share of the rarest class?
+#
+# <details><summary>Solution</summary>
+#
+# A higher T flattens P(c) ∝ exp((1 − f_c) / T) towards uniform, so the rarest class is drawn less
+# often (the hidden cell prints the three most drawn classes at both temperatures).
+# </details>
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+for T in (demo.data.rcs.temperature, 0.1):
+    p_T = rcs_probabilities(counts, T)
+    print(f"T = {T}: " + ", ".join(f"{CLASSES[c]} {float(p_T[c]):.3f}" for c in p_T.argsort(descending=True)[:3].tolist()))
+
+# %% [markdown]
+# **2.** Using the H100 measurements above, how long would HRDA + CLUDA's 40 000 iterations take?
+# (`bench/results/gpu_check_H100_gta2cs_hrda_cluda.json`.)
+#
+# <details><summary>Solution</summary>
+#
+# Read its records like the DAFormer ones and multiply the fastest s/it by 40 000 (hidden cell).
+# </details>
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+hrda = json.loads((nb.root / "bench" / "results" / "gpu_check_H100_gta2cs_hrda_cluda.json").read_text())
+best = min(hrda["records"], key=lambda r: r["sec_per_iter"])
+print(f"fastest: amp {best['amp']}, checkpointing {best['activation_checkpointing']}: {best['sec_per_iter']:.2f} s/it "
+      f"-> {40000 * best['sec_per_iter'] / 3600:.1f} h")
+
+# %% [markdown]
+# **3.** Lower `uda.fd.min_ratio` to 0.1 and recount the thing cells of the twenty crops. Why do
+# more cells qualify?
+#
+# <details><summary>Solution</summary>
+#
+# A cell keeps a thing class when that class covers at least `min_ratio` of its 32×32 patch; a
+# lower ratio lets small objects claim their cell (hidden cell).
+# </details>
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+for r in (fd.min_ratio, 0.1):
+    c_r = downscale_label_ratio(crops, 32, r)
+    print(f"min_ratio {r}: {int(torch.isin(c_r, torch.tensor(fd.thing_classes)).sum())} thing cells in 20 crops")
 
 # %% [markdown]
 # **Next:** notebook 06 looks at what the contrastive loss did to the fused feature space.

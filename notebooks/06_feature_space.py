@@ -48,7 +48,7 @@
 # %matplotlib inline
 from cluda_kit.notebook import setup
 
-nb = setup()  # profile (CLUDA_PROFILE: tiny | demo | full), threads, seeds, figure dpi, trained runs found
+nb = setup()  # threads, seeds, figure dpi; prints the profile and the trained runs found
 PROFILE = nb.profile
 
 # %%
@@ -60,14 +60,17 @@ import numpy as np
 import torch
 from IPython.display import Image, Markdown
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 from cluda_kit.analysis import FeatureExplorer, FeatureSet, embed, extract_features, patch_labels
 from cluda_kit.analysis.explorer import LinkedExplorer
+from cluda_kit.analysis.narrative import SMALL, feature_space_conclusion, study_sentence
+from cluda_kit.analysis.plots import class_delta_scatter, projection_grid
 from cluda_kit.analysis.runs import load_run_model, run_feature_measures
+from cluda_kit.analysis.studies import class_deltas, paired_result, read_study
 from cluda_kit.config import load_config
-from cluda_kit.data.labels import CLASSES, PALETTE
+from cluda_kit.data.labels import CLASSES
 from cluda_kit.data.miniscapes import Miniscapes
+from cluda_kit.data.sampling import class_pixel_counts
 
 MODEL_COLOURS = {"source_only": "0.6", "daformer": "tab:blue", "cluda": "tab:orange"}
 
@@ -183,25 +186,25 @@ print("classes:", [CLASSES[c] for c in keep])
 # Both project the L2-normalised features (the cosine geometry the loss shapes) after a PCA to at
 # most 50 dimensions. t-SNE preserves neighbourhoods and exaggerates cluster separation; UMAP
 # preserves somewhat more of the global layout. Neither preserves distances between clusters —
-# read them for *which points are together*, not for how far apart groups are. Colour = class,
-# ● = source (`game`), ▲ = target (`real`); one column per model.
+# read them for *which points are together*, not for how far apart groups are. One column per model;
+# the top row colours the points by class (distinct colours, named below), the bottom row the *same*
+# points by domain — blue `game` (source), orange `real` (target) — so that you can see whether the
+# two domains share clusters.
+#
+# ⏱ Slow cell: the six projections take about a minute on a 2-core laptop in the `demo` profile
+# (t-SNE is the slow part); a later selection in the explorer reuses them.
 
 # %%
 explorer = FeatureExplorer(feature_sets, methods=("tsne", "umap", "pca"), seed=0)
-fig = Figure(figsize=(12, 8))
-for row, method in enumerate(("tsne", "umap")):
-    for col, name in enumerate(NAMES):
-        ax = fig.add_subplot(2, 3, 3 * row + col + 1, xticks=[], yticks=[], title=f"{method} · {LABEL[name]}")
-        pts, xy = explorer.projection(name, method)
-        for d, marker in enumerate(("o", "^")):
-            sel = pts.domain_index == d
-            ax.scatter(xy[sel, 0], xy[sel, 1], c=PALETTE[pts.labels[sel]] / 255, marker=marker, s=10, alpha=0.7,
-                       linewidths=0)
-handles = [Line2D([], [], ls="", marker="o", color=PALETTE[c] / 255, label=CLASSES[c]) for c in keep]
-handles += [Line2D([], [], ls="", marker=m, color="0.4", label=d) for m, d in (("o", "game (source)"), ("^", "real (target)"))]
-fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False)
-fig.tight_layout(rect=(0, 0.09, 1, 1))
-fig
+figs = {method: projection_grid({LABEL[n]: explorer.projection(n, method) for n in NAMES},
+                                domain_labels={"game": "game (source)", "real": "real (target)"})
+        for method in ("tsne", "umap")}
+for method, fig in figs.items():
+    fig.suptitle(f"{method.upper()} of the fused features", fontsize=10, y=1.0, va="bottom")
+figs["tsne"]
+
+# %%
+figs["umap"]
 
 # %% [markdown]
 # Projections are deterministic for a fixed seed: `embed(..., method="tsne")` runs openTSNE (when it
@@ -221,71 +224,12 @@ print("PCA of (60, 16):", embed(x, "pca").shape)
 #
 # Pick the method, the model, the domain (`game`, `real` or `both`) and the classes (ctrl/shift-click).
 # Projections are cached per selection. The line under the plot names what is shown.
+#
+# ⏱ A new selection of classes or domains recomputes its projection: t-SNE takes about a minute
+# on 2 cores for the `demo` profile's points (UMAP less, PCA an instant). Pick `pca` to browse fast.
 
 # %%
 explorer
-
-# %% [markdown]
-# ## Two models, point by point
-#
-# `LinkedExplorer` puts DAFormer's and CLUDA's features of **the same pixels** side by side: both
-# were extracted from the same images with the same seed, so point i is one pixel in both views
-# (`extract_features` records each point's image, pixel, and the model's prediction and confidence
-# there; the explorer refuses sets that differ). Projections (UMAP, seed 0) are cached on disk, so
-# reopening is instant.
-
-# %%
-CACHE = Path(runs["cluda"]).parent / "explorer_cache"  # on disk beside the runs, keyed by the features' hash
-pair = {n: feature_sets[n] for n in ("daformer", "cluda")}
-linked = LinkedExplorer.from_datasets(pair, domains, method="umap", seed=0, cache_dir=CACHE)
-for name in pair:
-    linked.projection(name)  # computed here (or read, if this notebook ran before) and written to the cache
-same = all(np.array_equal(getattr(pair["daformer"], k), getattr(pair["cluda"], k)) for k in ("image_index", "pixel", "labels"))
-print(f"{len(pair['cluda'])} points per view | same image, pixel and class in both views: {same}")
-reopened = LinkedExplorer.from_datasets(pair, domains, method="umap", seed=0, cache_dir=CACHE)
-for name in pair:
-    reopened.projection(name)
-print("projections computed on reopening:", reopened.projection_calls, "(read from the cache)")
-
-# %% [markdown]
-# In JupyterLab with a running kernel the next cell draws the explorer: pan and zoom with the mouse;
-# hover a point for its class, domain, image, pixel and both models' predictions and confidences;
-# draw a lasso (the lasso button, or shift + drag) in one view and the same points light up in the
-# other, with the image crops they come from (the pixel marked), their per-class counts and the
-# cluster measures of the classes and domain shown. Colour by class, domain, the view's confidence
-# or whether its prediction is right. "selection → CSV" and "view → PNG" export. A stored copy of
-# this notebook shows a picture of the views instead (the live plots need the kernel).
-
-# %%
-linked
-
-# %% [markdown]
-# The same, driven from code (what a lasso does): select the target points of the class whose
-# CLUDA cluster is the least separated (lowest silhouette), see where they come from, and export
-# the selection.
-
-# %%
-silhouette = linked.measures()["cluda"].get("per_class_silhouette") or {keep[0]: 0.0}
-worst = min(silhouette, key=lambda c: (silhouette[c], c))
-points = linked.sets["cluda"]
-linked.select(np.flatnonzero((points.labels == worst) & (points.domain == "real"))[:16])
-print(f"lowest CLUDA silhouette: {CLASSES[worst]!r} ({silhouette[worst]:.3f})")
-print(f"selected {len(linked.selected)} target points of {CLASSES[worst]!r}")
-print("per-class counts:", linked.selection_counts())
-
-# %%
-for name in ("daformer", "cluda"):
-    right = linked.sets[name].correct[linked.selected]
-    print(f"{LABEL[name]}: {right.sum()} of {len(right)} of these pixels predicted right")
-linked.gallery_figure(limit=16)
-
-# %% [markdown]
-# The export: the selection as CSV (image, pixel, class, both models' predictions) and the views
-# as PNG, the selected points circled (what the two buttons write):
-
-# %%
-print("wrote", linked.export_csv(CACHE / "selection.csv").name, "and", linked.export_png(CACHE / "feature_view.png").name)
-Image(linked.png())
 
 # %% [markdown]
 # ## Cluster measures side by side
@@ -351,96 +295,198 @@ for c in classes:
 Markdown("\n".join(rows))
 
 # %% [markdown]
+# ## Per class: tighter clusters, better IoU?
+#
+# One run per method cannot separate an effect from seed noise, so the kit ran a declared 5-seed
+# study at the demo budget (`bench/study_cluda_750.yaml`, results in
+# `bench/results/study_cluda_750.md`). Its runs carry the same per-class measures. For every class,
+# the figure plots CLUDA's change of the target silhouette against its change of IoU, both
+# against DAFormer and averaged over the seeds; the point's area is the class's share of the
+# target pixels (of the validation images above).
+
+# %%
+study = read_study(nb.root / "bench" / "results" / "study_cluda_750.json")
+paired = paired_result(study, "cluda", "daformer")
+deltas = class_deltas(study, "cluda", "daformer")
+pix = class_pixel_counts(domains["real"].class_stats(progress=False)).double()
+share = {CLASSES[c]: float(pix[c] / pix.sum()) for c in range(len(CLASSES))}
+fig = class_delta_scatter(deltas, share, title=f"CLUDA − DAFormer per class, mean over {paired['n']} seeds "
+                                               "(bench/results/study_cluda_750.json)")
+fig
+
+# %%
+frequent = [c for c in deltas if share[c] >= 0.02]
+rare = [c for c in deltas if share[c] < 0.02]
+
+
+def mean_of(cs, k):
+    return float(np.mean([deltas[c][k] for c in cs])) if cs else math.nan
+
+
+tight = sorted((c for c in deltas if deltas[c]["silhouette"] > 0), key=lambda c: -deltas[c]["silhouette"])
+loose = sorted((c for c in deltas if deltas[c]["silhouette"] < 0), key=lambda c: deltas[c]["silhouette"])
+Markdown(f"The {len(frequent)} frequent classes (≥ 2 % of the pixels) change their silhouette by "
+         f"{mean_of(frequent, 'silhouette'):+.3f} on average, the {len(rare)} rare or thin ones by "
+         f"{mean_of(rare, 'silhouette'):+.3f}. CLUDA tightens {', '.join(tight[:5])} most and loosens "
+         f"{', '.join(loose[:5])} most. The IoU does not follow the silhouette: frequent classes change by "
+         f"{mean_of(frequent, 'iou'):+.2f} IoU points on average and rare ones by {mean_of(rare, 'iou'):+.2f}; "
+         f"{sum(deltas[c]['silhouette'] > 0 and deltas[c]['iou'] < 0 for c in deltas)} classes get tighter *and* lose "
+         f"IoU. The contrastive loss pulls the many pixels of frequent classes together — they dominate its anchors — "
+         f"while the few cells of thin classes lose ground to them, and tighter clusters alone do not make more pixels "
+         f"right.")
+
+# %% [markdown]
+# ## Two models, point by point
+#
+# `LinkedExplorer` puts DAFormer's and CLUDA's features of **the same pixels** side by side: both
+# were extracted from the same images with the same seed, so point i is one pixel in both views
+# (`extract_features` records each point's image, pixel, and the model's prediction and confidence
+# there; the explorer refuses sets that differ). Projections (UMAP, seed 0) are cached on disk, so
+# reopening is instant.
+
+# %%
+CACHE = Path(runs["cluda"]).parent / "explorer_cache"  # on disk beside the runs, keyed by the features' hash
+pair = {n: feature_sets[n] for n in ("daformer", "cluda")}
+linked = LinkedExplorer.from_datasets(pair, domains, method="umap", seed=0, cache_dir=CACHE)
+for name in pair:
+    linked.projection(name)  # computed here (or read, if this notebook ran before) and written to the cache
+same = all(np.array_equal(getattr(pair["daformer"], k), getattr(pair["cluda"], k)) for k in ("image_index", "pixel", "labels"))
+print(f"{len(pair['cluda'])} points per view | same image, pixel and class in both views: {same}")
+reopened = LinkedExplorer.from_datasets(pair, domains, method="umap", seed=0, cache_dir=CACHE)
+for name in pair:
+    reopened.projection(name)
+print("projections computed on reopening:", reopened.projection_calls, "(read from the cache)")
+
+# %% [markdown]
+# In JupyterLab with a running kernel the next cell draws the explorer: pan and zoom with the mouse;
+# hover a point for its class, domain, image, pixel and both models' predictions and confidences;
+# draw a lasso (the lasso button, or shift + drag) in one view and the same points light up in the
+# other, with the image crops they come from (the pixel marked), their per-class counts and the
+# cluster measures of the classes and domain shown. Colour by class, domain, the view's confidence
+# or whether its prediction is right. "selection → CSV" and "view → PNG" export. A stored copy of
+# this notebook shows a picture of the views instead (the live plots need the kernel).
+
+# %%
+linked
+
+# %% [markdown]
+# The same, driven from code (what a lasso does): select the target points of the class whose
+# CLUDA cluster is the least separated — the lowest **target** silhouette of the per-class table
+# above, among the classes shown here — see where they come from, and export the selection.
+
+# %%
+silhouette = {c: v for c, v in M["cluda"]["class_silhouette"].items() if c in keep and not math.isnan(v)} or {keep[0]: 0.0}
+worst = min(silhouette, key=lambda c: (silhouette[c], c))
+points = linked.sets["cluda"]
+linked.select(np.flatnonzero((points.labels == worst) & (points.domain == "real"))[:16])
+print(f"lowest CLUDA target silhouette (table above): {CLASSES[worst]!r} ({silhouette[worst]:.3f})")
+print(f"selected {len(linked.selected)} target points of {CLASSES[worst]!r}")
+print("per-class counts:", linked.selection_counts())
+
+# %%
+for name in ("daformer", "cluda"):
+    right = linked.sets[name].correct[linked.selected]
+    print(f"{LABEL[name]}: {right.sum()} of {len(right)} of these pixels predicted right")
+linked.gallery_figure(limit=16)
+
+# %%
+said = {}
+for name in ("daformer", "cluda"):
+    pred = linked.sets[name].prediction[linked.selected]
+    values, counts = np.unique(pred, return_counts=True)
+    said[name] = sorted(zip(counts.tolist(), values.tolist()), reverse=True)
+top = {n: said[n][0] for n in said}
+Markdown(f"Each crop's title is *DAFormer's prediction / CLUDA's prediction* at the marked pixel. Of these "
+         f"{len(linked.selected)} {CLASSES[worst]} pixels, DAFormer calls {top['daformer'][0]} "
+         f"**{CLASSES[top['daformer'][1]]}** and CLUDA calls {top['cluda'][0]} **{CLASSES[top['cluda'][1]]}**. "
+         + ("Both models make the same mistake: the class's features sit inside another class's cluster, which is "
+            "what a low silhouette means — the contrastive loss pulls each pixel towards the features of the class it "
+            "is labelled (or pseudo-labelled) as, so a class the teacher confuses from the start is pulled into the "
+            "wrong cluster, not out of it."
+            if top["daformer"][1] == top["cluda"][1] != worst else
+            "The two models disagree on these pixels: compare the crops to see which context each one follows."))
+
+# %% [markdown]
+# The export: the selection as CSV (image, pixel, class, both models' predictions) and the views
+# as PNG, the selected points circled (what the two buttons write):
+
+# %%
+print("wrote", linked.export_csv(CACHE / "selection.csv").name, "and", linked.export_png(CACHE / "feature_view.png").name)
+Image(linked.png())
+
+# %% [markdown]
 # ## What the numbers say
 #
 # The next cell writes the conclusion from the numbers above — mIoU from the `summary.json` files,
-# the measures from `run_feature_measures` — so it holds for whichever models this notebook loaded.
-# A difference counts as **small** below these margins: 1 mIoU point, 0.02 in silhouette or ratio,
-# 0.05 in mixing. They are rough: each model is one run with one seed, and a second seed moves the
-# numbers by about that much.
+# the measures from `run_feature_measures` — so it holds for whichever models this notebook loaded
+# (`cluda_kit.analysis.narrative.feature_space_conclusion`). A difference counts as **small** below
+# the margins printed with it. One seed cannot rank methods this close, so the cell after it adds
+# the 5-seed study.
 
 # %%
-SMALL = {"miou": 1.0, "silhouette": 0.02, "ratio": 0.02, "mixing": 0.05}
+print("margins of a small difference:", SMALL)
 value = {n: {"miou": summaries[n]["miou"], **M[n]} for n in NAMES}
+Markdown(feature_space_conclusion(value, iou, LABEL, trained_here=nb.trained_here, equal=EQUAL))
 
+# %%
+Markdown("**Five seeds.** " + study_sentence(paired, "CLUDA", "DAFormer")
+         + " The single-seed runs above are one draw of that spread; the study is the result to quote: on miniscapes "
+           "at this budget CLUDA's contrastive loss makes the target clusters tighter by the intra/inter ratio and "
+           "the domains more mixed, and does not turn that into accuracy (notebook 04 shows why the τ = 1 loss "
+           "pulls so gently).")
 
-def num(name, key):
-    """A run's value as the tables above print it."""
-    return f"{value[name][key]:.1f}" if key == "miou" else f"{value[name][key]:.3f}"
+# %% [markdown]
+# ## What to remember
+#
+# - Compare methods at equal budget, model and seed, and quote multi-seed results: one seed moves the
+#   mIoU by a few tenths, as much as the differences here.
+# - The cluster measures answer different questions: silhouette and intra/inter ratio (how tight the
+#   classes of the target are), domain mixing (whether source and target share a cluster).
+# - In the kit's 5-seed study CLUDA's clusters get tighter and more domain-mixed, mostly for the
+#   frequent classes, while its mIoU does not rise: tighter clusters are not yet accuracy.
+# - Projections show neighbourhoods, not distances; colour by class *and* by domain to read them.
+#
+# ## Exercises
+#
+# **1.** Which class has DAFormer's lowest target silhouette, and do the two models agree on its
+# worst class?
+#
+# <details><summary>Solution</summary>
+#
+# Take the minimum of `M["daformer"]["class_silhouette"]` over the classes shown (hidden cell).
+# </details>
 
+# %% jupyter={"source_hidden": true} tags=["solution"]
+for name in ("daformer", "cluda"):
+    sil = {c: v for c, v in M[name]["class_silhouette"].items() if c in keep and not math.isnan(v)}
+    c = min(sil, key=sil.get)
+    print(f"{LABEL[name]}: lowest target silhouette {CLASSES[c]} ({sil[c]:.3f})")
 
-def diff(a, b, key):
-    """The difference a − b between two runs, marked small below its margin."""
-    d = value[a][key] - value[b][key]
-    return (f"{d:+.1f} points" if key == "miou" else f"{d:+.3f}") + (", small" if abs(d) < SMALL[key] else "")
+# %% [markdown]
+# **2.** Change the setting that decides what counts as "small": with the mIoU margin at 0.5 points
+# instead of 1, does the conclusion rank the three runs differently?
+#
+# <details><summary>Solution</summary>
+#
+# Pass `small={**SMALL, "miou": 0.5}` to `feature_space_conclusion` and rerun it; only the sentence
+# on whether the lead is too small to rank can change (hidden cell prints its first paragraphs).
+# </details>
 
+# %% jupyter={"source_hidden": true} tags=["solution"]
+text = feature_space_conclusion(value, iou, LABEL, small={**SMALL, "miou": 0.5}, trained_here=nb.trained_here, equal=EQUAL)
+print("\n\n".join(text.split("\n\n")[:2]))
 
-def others(name, key):
-    return ", ".join(f"{LABEL[o]} {num(o, key)}" for o in NAMES if o != name)
+# %% [markdown]
+# **3.** In the 5-seed study, on how many seeds was CLUDA's target silhouette higher than
+# DAFormer's, and what does that say next to the intra/inter ratio?
+#
+# <details><summary>Solution</summary>
+#
+# `paired_result(study, "cluda", "daformer")` counts it (`silhouette_higher`): the two measures of
+# tightness need not agree, because the silhouette looks at the nearest other class and the ratio at
+# the mean distance to all of them.
+# </details>
 
-
-def small(a, b, key):
-    return abs(value[a][key] - value[b][key]) < SMALL[key]
-
-
-text = []
-best, second, third = sorted(NAMES, key=lambda n: -value[n]["miou"])
-text.append(f"**mIoU.** {LABEL[best][0].upper() + LABEL[best][1:]} has the highest mIoU on the target, "
-            f"{num(best, 'miou')}, ahead of {LABEL[second]} ({num(second, 'miou')}; {diff(best, second, 'miou')}) and "
-            f"{LABEL[third]} ({num(third, 'miou')}; {diff(best, third, 'miou')}).")
-if small(best, third, "miou"):
-    text.append(f"All three lie within {SMALL['miou']:.0f} point of each other: too close to rank on one seed.")
-elif small(best, second, "miou"):
-    text.append(f"The lead over {LABEL[second]} is too small to rank the two on one seed.")
-pairs = [(iou["cluda"][c], iou["daformer"][c]) for c in scored if None not in (iou["cluda"][c], iou["daformer"][c])]
-ties = [a for a, b in pairs if a == b]
-text.append(f"Class by class, CLUDA's IoU is above DAFormer's in {sum(a > b for a, b in pairs)} classes, below in "
-            f"{sum(a < b for a, b in pairs)} and equal in {len(ties)}"
-            + (f" ({'all' if all(a == 0 for a in ties) else sum(a == 0 for a in ties)} of them 0 for both)." if ties else "."))
-
-by_sil = max(NAMES, key=lambda n: value[n]["silhouette"])
-by_ratio = min(NAMES, key=lambda n: value[n]["ratio"])
-if by_sil == by_ratio:
-    text.append(f"**Target clusters.** {LABEL[by_sil][0].upper() + LABEL[by_sil][1:]} has the tightest target clusters "
-                f"by both measures: silhouette {num(by_sil, 'silhouette')} ({others(by_sil, 'silhouette')}) and "
-                f"intra/inter ratio {num(by_sil, 'ratio')} ({others(by_sil, 'ratio')}).")
-else:
-    text.append(f"**Target clusters.** The two measures disagree on the tightest target clusters: {LABEL[by_sil]} by "
-                f"the silhouette ({num(by_sil, 'silhouette')}; {others(by_sil, 'silhouette')}), {LABEL[by_ratio]} by "
-                f"the intra/inter ratio ({num(by_ratio, 'ratio')}; {others(by_ratio, 'ratio')}).")
-
-c, d = value["cluda"], value["daformer"]
-votes = {+1 if (c[k] > d[k]) == (k == "silhouette") else -1 for k in ("silhouette", "ratio")
-         if not small("cluda", "daformer", k)}  # +1: CLUDA tighter by that measure
-verdict = {frozenset(): "about as tight as", frozenset({1}): "tighter than", frozenset({-1}): "looser than"}.get(
-    frozenset(votes), "neither clearly tighter nor looser than")
-mixing = ("about as mixed as DAFormer's" if small("cluda", "daformer", "mixing")
-          else f"{'more' if c['mixing'] > d['mixing'] else 'less'} mixed than DAFormer's")
-text.append(f"**CLUDA vs DAFormer.** CLUDA's target clusters are {verdict} DAFormer's: silhouette "
-            f"{num('cluda', 'silhouette')} vs {num('daformer', 'silhouette')} ({diff('cluda', 'daformer', 'silhouette')}), "
-            f"intra/inter ratio {num('cluda', 'ratio')} vs {num('daformer', 'ratio')} "
-            f"({diff('cluda', 'daformer', 'ratio')}; lower is tighter). Its source and target points are {mixing}: "
-            f"{num('cluda', 'mixing')} vs {num('daformer', 'mixing')} ({diff('cluda', 'daformer', 'mixing')}).")
-if all(small("cluda", "daformer", k) for k in ("silhouette", "ratio", "mixing")):
-    text.append("All three differences are below their margins: in these runs the contrastive loss did not change "
-                "the feature space measurably.")
-gains = {k: c["class_silhouette"][k] - d["class_silhouette"][k] for k in c["class_silhouette"]
-         if not math.isnan(c["class_silhouette"][k] - d["class_silhouette"].get(k, math.nan))}
-if gains:
-    up, down = max(gains, key=gains.get), min(gains, key=gains.get)
-    text.append(f"Per class, CLUDA's silhouette is the higher in {sum(v > 0 for v in gains.values())} of {len(gains)} "
-                f"classes (largest gain {CLASSES[up]} {gains[up]:+.3f}, largest loss {CLASSES[down]} {gains[down]:+.3f}).")
-
-mixed = max(("daformer", "cluda"), key=lambda n: value[n]["mixing"])
-text.append(f"**Alignment.** Source-only mixes source and target points of a class at {num('source_only', 'mixing')}; "
-            f"the better mixed adapted model, {LABEL[mixed]}, at {num(mixed, 'mixing')} "
-            f"({diff(mixed, 'source_only', 'mixing')}).")
-if nb.trained_here:
-    text.append(f"**Caveat.** No trained run was found for {', '.join(LABEL[n] for n in nb.trained_here)}: these are "
-                "stand-ins trained here for seconds, and their numbers describe barely trained networks, not the "
-                "methods. `make notebook-runs` trains the real runs once.")
-if not EQUAL:
-    text.append("**Caveat.** The runs differ in more than the method (model, crop, batch, budget or seed; see the "
-                "table of the three runs), so the comparison is not like for like.")
-text.append("Each model is one run with seed 0: a difference marked small may reverse with another seed.")
-Markdown("\n\n".join(text))
+# %% jupyter={"source_hidden": true} tags=["solution"]
+print(f"silhouette higher on {paired['silhouette_higher']} of {paired['n']} seeds, ratio lower on "
+      f"{paired['n'] - paired['ratio_higher']} of {paired['n']}")

@@ -16,8 +16,9 @@
 #
 # Notebooks 01–06 followed CLUDA on DAFormer, which trains on 512×512 crops of a Cityscapes frame
 # downscaled to half resolution. CLUDA's headline result sits on **HRDA** (high-resolution domain
-# adaptation) instead: the papers report 73.8 mIoU GTA5 → Cityscapes for HRDA and **74.4 for
-# HRDA + CLUDA** — published numbers (MiT-B5, Cityscapes val), not measured anywhere in this notebook.
+# adaptation) instead: the papers report 73.8 mIoU GTA5 → Cityscapes for HRDA and 74.4 for
+# HRDA + CLUDA — published numbers (MiT-B5, Cityscapes val), not measured anywhere in this notebook.
+# What this notebook's own HRDA + CLUDA run reaches on miniscapes is printed next to them below.
 #
 # HRDA keeps two views of every training crop and lets a small head decide, per pixel and per class,
 # which one to trust:
@@ -35,22 +36,24 @@
 # %%
 from cluda_kit.notebook import setup
 
-nb = setup()
+nb = setup()  # threads, seeds, figure dpi; prints the profile and the trained runs found
 PROFILE = nb.profile
 # %matplotlib inline
 
 # %%
+import json
 import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from IPython.display import Markdown
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import Rectangle
 
-from cluda_kit.analysis.plots import pca_rgb, to_rgb_uint8
+from cluda_kit.analysis.plots import class_legend, image_grid, pca_rgb, present_classes, to_rgb_uint8, value_colorbar
 from cluda_kit.config import load_config
-from cluda_kit.data.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize
+from cluda_kit.data.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
 from cluda_kit.data.miniscapes import Miniscapes
 from cluda_kit.data.transforms import normalize
 from cluda_kit.engine.checkpoint import load_checkpoint
@@ -88,48 +91,25 @@ state = f"{'TRAINED' if TRAINED else 'UNTRAINED (random init), no run at'} {nb.s
 print(f"preset {cfg.name} | crop {CROP} | frame {FRAME} | device {DEVICE} | model: {state}")
 
 
-# %% [markdown]
-# Two small drawing helpers: label maps get a legend of the classes they show (Cityscapes palette),
-# continuous maps get a colourbar.
+# %%
+PAPER = {"HRDA": 73.8, "HRDA + CLUDA": 74.4}  # published, GTA5 -> Cityscapes, MiT-B5 (not measured here)
+own = {n: json.loads((nb.runs_dir / n / "summary.json").read_text())["miou"]
+       for n in ("daformer", "cluda", "hrda_cluda") if (nb.runs_dir / n / "summary.json").is_file()}
+print("published (Cityscapes val):", ", ".join(f"{k} {v}" for k, v in PAPER.items()))
+print("this kit's runs (miniscapes real val):", ", ".join(f"{k} {v:.2f}" for k, v in own.items()) or "none found")
 
 # %%
-def class_legend(fig, *label_maps):
-    """Add a legend of the classes present in the label maps (palette colours; 255 = ignore, black)."""
-    present = sorted(set(np.unique(np.concatenate([np.asarray(m).ravel() for m in label_maps]))) - {IGNORE_INDEX})
-    handles = [Patch(facecolor=PALETTE[c] / 255, edgecolor="0.3", label=CLASSES[c]) for c in present]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 8), fontsize=7, frameon=False)
-    return fig
-
-
-# %%
-def panel(fig, ax, cell, title):
-    """Draw one cell: an RGB image (3, H, W), a label map (H, W) of ints (palette; returned for the
-    legend) or a float map (H, W) with a colourbar on [0, 1]."""
-    arr = cell.detach().cpu().numpy() if torch.is_tensor(cell) else np.asarray(cell)
-    ax.set_title(title, fontsize=8)
-    if arr.ndim == 3:
-        ax.imshow(to_rgb_uint8(arr))
-    elif np.issubdtype(arr.dtype, np.integer):
-        ax.imshow(colorize(arr), interpolation="nearest")
-        return arr
-    else:
-        fig.colorbar(ax.imshow(arr, cmap="viridis", vmin=0, vmax=1, interpolation="nearest"), ax=ax, shrink=0.8)
-    return None
-
-
-# %%
-def show(rows, titles, width=10.0):
-    """A grid of panels, one list of cells per row (see ``panel``); label maps get a class legend."""
-    n_cols, first = max(map(len, rows)), rows[0][0]
-    height = width / n_cols * first.shape[-2] / first.shape[-1]
-    fig = Figure(figsize=(width, len(rows) * (height + 0.3) + 0.6), layout="constrained")
-    axes = fig.subplots(len(rows), n_cols, squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    shown = [panel(fig, ax, c, t) for r, tr, ar in zip(rows, titles, axes) for c, t, ax in zip(r, tr, ar)]
-    labels = [a for a in shown if a is not None]
-    return class_legend(fig, *labels) if labels else fig
-
+if "hrda_cluda" in own:
+    rest = {k: v for k, v in own.items() if k != "hrda_cluda"}
+    text = (f"On miniscapes, this notebook's HRDA + CLUDA run ends at **{own['hrda_cluda']:.2f} mIoU**"
+            + (f" — {'below' if all(own['hrda_cluda'] < v for v in rest.values()) else 'not above all of'} the DAFormer-based "
+               + ", ".join(f"{k} ({v:.2f})" for k, v in rest.items()) if rest else "")
+            + ". The paper's gain comes from full-resolution Cityscapes frames, where thin and distant objects need "
+              "the detail branch; on 160×320 scenes trained for a few hundred iterations the detail window has "
+              "little to add and costs a second pass. The published numbers above are not reproduced here.")
+else:
+    text = "No trained HRDA + CLUDA run was found: the model below is untrained, and no mIoU of this notebook compares with the paper's."
+Markdown(text)
 
 # %% [markdown]
 # ## 1 · Why multi-resolution
@@ -275,9 +255,12 @@ print(f"detail_loss_weight {H.detail_loss_weight}: loss = {1 - H.detail_loss_wei
 
 # %%
 att = out.attention[0].gather(0, fused_pred[None])[0]  # A of the class the fused map predicts
-show([[gt_grid, ctx_pred, det_pred], [att, fused_pred]],
-     [["ground truth (fused grid)", "context prediction", "detail prediction (window)"],
-      ["attention A of the predicted class", "fused prediction"]])
+fig = image_grid([[gt_grid, ctx_pred, det_pred], [att, fused_pred]],
+                 [["ground truth (fused grid)", "context prediction", "detail prediction (window)"],
+                  ["attention A of the predicted class", "fused prediction"]], cell_size=2.2)
+value_colorbar(fig, "attention A", axes=[fig.axes[3]])
+class_legend(fig, present_classes(gt_grid, ctx_pred, det_pred, fused_pred))
+fig
 
 # %% [markdown]
 # What to see: the attention map is zero outside the window (dark purple) and the fused prediction
@@ -285,6 +268,16 @@ show([[gt_grid, ctx_pred, det_pred], [att, fused_pred]],
 # class, as much as A says. (With an untrained model the predictions are noise and a ≈ 0.5; the first
 # output of this notebook says which model this is.) The per-class attention inside the window, and
 # the exact properties of the fusion:
+
+# %%
+in_gt = set(gt_grid[inside].unique().tolist()) - {IGNORE_INDEX}
+missed = sorted(c for c in in_gt if not (fused_pred[inside] == c).any())
+Markdown(f"Inside the window the ground truth holds {', '.join(CLASSES[c] for c in sorted(in_gt))}. "
+         + (f"The fused prediction misses {', '.join(f'**{CLASSES[c]}**' for c in missed)} there entirely "
+            f"({', '.join(f'{CLASSES[c]} {int((gt_grid[inside] == c).sum())}' for c in missed)} cells)"
+            + (": the detail branch sees them at full resolution, but this model has not learned them — as in "
+               "notebook 05, small and rare classes are the last to come." if TRAINED else
+               ": the model is untrained, so this says nothing about HRDA yet.") if missed else "The fused prediction finds each of them somewhere in the window."))
 
 # %%
 pixels = {c: inside & (fused_pred == c) for c in fused_pred[inside].unique().tolist()}
@@ -390,8 +383,12 @@ print(f"detail: {len(boxes)} windows vs one pass over the crop: argmax agreement
 print(f"frame {FRAME}: {n_frame} window(s) of {CROP} every {stride} vs one pass: argmax agreement {agree_frame:.1f} %")
 
 # %%
-show([[label, pred.logits.argmax(1)[0], pred.attention[0].mean(0)]],
-     [["ground truth", "HRDA inference: fused prediction", "inference attention A (mean over classes)"]])
+fig = image_grid([[label, pred.logits.argmax(1)[0], pred.attention[0].mean(0)]],
+                 [["ground truth", "HRDA inference: fused prediction", "inference attention A (mean over classes)"]],
+                 cell_size=2.2)
+value_colorbar(fig, "attention A", axes=[fig.axes[2]])
+class_legend(fig, present_classes(label, pred.logits.argmax(1)[0]))
+fig
 
 # %% [markdown]
 # In inference A covers the whole crop: the colourbar shows how much, averaged over the classes,
@@ -435,15 +432,32 @@ rgb = torch.from_numpy(pca_rgb(both[:, None]))[0]  # (N, 3)
 lr_rgb = rgb[: lr[0, 0].numel()].reshape(*G, 3)
 hr_rgb = torch.zeros(*G, 3)
 hr_rgb[crop[0].cpu()] = rgb[lr[0, 0].numel() :].float()
-show([[lr_rgb.permute(2, 0, 1), hr_rgb.permute(2, 0, 1), crop[0].float()], [wmap[0, 0], cos.clamp(min=0)]],
-     [["LR (context) feature, PCA", "HR (detail) feature, PCA", "crop mask c (1 = window)"],
-      ["feat_weighter w", "cos(u_i, v_i) in the window (0 outside)"]])
+fig = image_grid([[lr_rgb.permute(2, 0, 1), hr_rgb.permute(2, 0, 1), crop[0].float().cpu()],
+                  [wmap[0, 0].cpu(), cos.clamp(min=0).cpu()]],
+                 [["LR (context) feature, PCA", "HR (detail) feature, PCA", "crop mask c (1 = window)"],
+                  ["feat_weighter w", "cos(u_i, v_i) in the window (0 outside)"]], cell_size=2.2)
+value_colorbar(fig, "c, w, cos (0 to 1)", axes=[fig.axes[2], fig.axes[3]])
+fig
 
 # %% [markdown]
 # What to see: the two PCA panels share one projection (similar colour = similar feature), so the
 # HR canvas can be compared with the LR map inside the window — and is black (zero) outside it. The
 # mask c and the weight map w (colourbars on [0, 1]) decide where the LR–LR term may take over, and
 # the last panel is the cosine between each pixel's own LR and HR features (0 outside the window).
+
+# %%
+w_lo, w_hi = float(wmap.min()), float(wmap.max())
+Markdown(f"The learned weight map spans [{w_lo:.3f}, {w_hi:.3f}]"
+         + (": the `feat_weighter` has **saturated**, so its panel is uniform. With w ≈ 1 everywhere, s_ij = c_i: "
+            "inside the window every pair is contrasted LR with LR and the HR features take part only for anchors "
+            "outside it — the learned blend has collapsed to the crop mask. The head learns only through this loss, "
+            "and pushing w to 1 is what lowered it in this run."
+            if w_hi - w_lo < 0.01 and w_lo > 0.99 else
+            ": the weights differ from pixel to pixel, so the LR–LR and LR–HR terms are blended differently across "
+            "the crop." if w_hi - w_lo >= 0.01 else
+            ": nearly uniform, so the blend is the same everywhere."))
+
+# %% [markdown]
 # The loss on these inputs, next to the single-resolution loss on the LR features, with the ground
 # truth as labels (as on a source image):
 
@@ -488,11 +502,18 @@ print(f"multi-resolution, w = 0 (LR-HR pairs only)     {mr(0 * toy_w, toy_crop):
 print(f"multi-resolution, w = c = 1 (LR-LR pairs only) {mr(ones, everywhere):.4g}"
       f" = 0.5 x single: {math.isclose(mr(ones, everywhere), 0.5 * sr, rel_tol=1e-6)}")
 
-# %% [markdown]
-# With w·c = 1 everywhere the blend is all LR–LR and the loss is exactly λ = 0.5 times the
-# single-resolution loss; with w = 0 every anchor is contrasted with the HR features, which are zero
-# outside the window (similarity 0 there). The learned map sits in between. It receives gradients
-# from this loss only:
+# %%
+toy = {"single": sr, "random w": mr(toy_w, toy_crop), "w = 0": mr(0 * toy_w, toy_crop), "w = c = 1": mr(ones, everywhere)}
+lo_, hi_ = sorted((toy["w = 0"], toy["w = c = 1"]))
+Markdown(f"With w·c = 1 everywhere the blend is all LR–LR and the loss is exactly λ = 0.5 times the single-resolution "
+         f"loss ({toy['w = c = 1']:.4g} = 0.5 × {sr:.4g}); with w = 0 every anchor is contrasted with the HR features, "
+         f"which are zero outside the window (similarity 0 there): {toy['w = 0']:.4g}. The toy's random weight map gives "
+         f"{toy['random w']:.4g}, "
+         + ("between the two ends" if lo_ <= toy["random w"] <= hi_ else "outside the two ends")
+         + (" and closer to the w = 0 end" if abs(toy["random w"] - toy["w = 0"]) < abs(toy["random w"] - toy["w = c = 1"])
+            else " and closer to the LR–LR end")
+         + f", because only the {int(toy_crop.sum())} window cells can use the LR–LR term, "
+           "and there with weight s = w_i·w_j. The map receives gradients from this loss only:")
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -507,15 +528,19 @@ print("the weight map gets a gradient:", bool(w_req.grad.abs().sum() > 0),
 # Up to iteration `model.hrda.entropy_window_after` the detail window is random. From then on, CLUDA
 # places the **mixed batch's** window where the student is least sure: among the windows of
 # `detail_crop` every `inference_stride` pixels (corners on multiples of `detail_divisible`), the one
-# with the highest mean prediction entropy of the student's context logits, averaged over the batch
-# (`max_entropy_window`); source batches keep random windows. The high-resolution pass — and the
-# LR–HR contrast — then goes where the context view is least certain.
+# with the highest mean prediction entropy of the student's context logits, chosen **for each image
+# of the mixed batch** by default (`model.hrda.entropy_window_per_image: true`, the release), or one
+# window averaged over the batch when it is false (`max_entropy_window`); source batches keep random
+# windows. The high-resolution pass — and the LR–HR contrast — then goes where the context view is
+# least certain. One image here, so the two choices coincide.
 
 # %%
 logp = F.log_softmax(out.context_logits, dim=1)
 entropy = -(logp.exp() * logp).sum(1, keepdim=True)  # (1, 1, h_c, w_c), 0 (sure) to log 19 (uniform)
 entropy = F.interpolate(entropy, size=CROP, mode="bilinear", align_corners=False)[0, 0]
-EBOX = max_entropy_window(out.context_logits, CROP, model.detail_crop, model.inference_stride, model.detail_divisible)
+EBOX = max_entropy_window(out.context_logits, CROP, model.detail_crop, model.inference_stride, model.detail_divisible,
+                          per_image=H.entropy_window_per_image)
+EBOX = EBOX[0] if isinstance(EBOX, list) else EBOX  # per image: one box per image of the batch
 print(f"entropy_window_after: {H.entropy_window_after} in {cfg.name}, "
       f"{load_config('gta2cs_hrda_cluda').model.hrda.entropy_window_after} in gta2cs_hrda_cluda")
 print(f"prediction entropy on the crop: {float(entropy.min()):.3f} to {float(entropy.max()):.3f}"
@@ -541,33 +566,64 @@ fig
 #
 # ## 6 · Summary
 #
-# What the cells above showed, in every profile:
-#
-# - Round-tripping the ground truth through the context branch's 8-pixel grid costs the small and
-#   thin classes the largest share of their IoU and the large, frequent ones the least (section 1;
-#   this run's extremes are the first two lines printed below) — the reason for a detail branch.
-# - The context view is the crop at `context_scale`, the detail view a `detail_crop` window at full
-#   scale with corners on multiples of `detail_divisible`; both views have the same number of pixels,
-#   and one logit cell covers 8 input pixels in the context branch and 4 in the detail branch and the
-#   fused output (all checked: True).
-# - The training-time scale attention is zero outside the detail window, where the fused logits equal
-#   the upsampled context logits exactly; everywhere ŷ = A·canvas(detail) + (1 − A)·up(context).
-# - HRDA inference averages overlapping detail windows every `inference_stride` pixels: the result
-#   equals a slow loop over the same windows, the attention is not masked, and a slide with one window
-#   covering the input equals whole-input inference. With several windows it only approximates one
-#   pass (the agreements printed in section 4 and below).
-# - On the seeded toy inputs the single-resolution loss is 4.099; the multi-resolution loss is 2.049
-#   (exactly 0.5 × 4.099) when w = c = 1 makes every pair LR–LR, 2.218 with w = 0 (every pair LR–HR),
-#   and 2.212 with the random weight map — close to the LR–HR end, because only the 32 window cells
-#   can use the LR–LR term and there with weight s = w_i·w_j. The weight map gets a finite, non-zero
-#   gradient.
-#
-# What depends on the profile and on the model (trained or not, as the first output says):
+# Written from the numbers of the cells above:
 
 # %%
-print(f"model: {state}")
-for name, some in (("least", kept[:3]), ("most", kept[-3:])):
-    print(f"{name} IoU kept on the 8-pixel grid:", ", ".join(f"{CLASSES[c]} {iou4[c]:.1f} -> {iou8[c]:.1f} %" for c in some))
-print(f"inference: {len(boxes)} detail windows per crop agree with one pass on {agree_detail:.1f} % of the cells;"
-      f" the slide over the frame on {agree_frame:.1f} %")
-print(f"multi-resolution loss on the crop {float(multi):.4f} vs single-resolution {float(single):.4f}")
+Markdown(
+    f"- Round-tripping the ground truth through the context branch's 8-pixel grid keeps least of "
+    f"{', '.join(CLASSES[c] for c in kept[:3])} and most of {', '.join(CLASSES[c] for c in kept[-3:])} — the "
+    f"reason for a detail branch.\n"
+    f"- The context view is the crop at scale {H.context_scale}, the detail view a {tuple(H.detail_crop)} window at "
+    f"full scale; one logit cell covers {per_cell[0]} input pixels in the context branch and {per_cell[1]} in the "
+    f"detail branch (checked above).\n"
+    f"- The training-time attention is zero outside the detail window, where the fused logits equal the upsampled "
+    f"context logits exactly.\n"
+    f"- HRDA inference averages {len(boxes)} overlapping detail windows; they agree with one pass over the crop on "
+    f"{agree_detail:.1f} % of the cells, and the slide over the frame with one pass on {agree_frame:.1f} %.\n"
+    f"- On the toy inputs the multi-resolution loss is {toy['w = c = 1']:.4g} with w = c = 1 (0.5 × the "
+    f"single-resolution {sr:.4g}), {toy['w = 0']:.4g} with w = 0 and {toy['random w']:.4g} with a random weight map; "
+    f"on this crop {float(multi):.4f} against a single-resolution {float(single):.4f}.\n"
+    f"- The model: {state}; its learned weight map spans [{w_lo:.3f}, {w_hi:.3f}].")
+
+# %% [markdown]
+# ## What to remember
+#
+# - HRDA trains on a large context crop at half resolution plus a small detail window at full
+#   resolution, and a learned scale attention blends their logits per pixel and class.
+# - Outside the detail window the fused logits are exactly the context logits during training; at
+#   inference overlapping detail windows cover the whole crop.
+# - CLUDA on HRDA contrasts low- and high-resolution features, blended by a learned weight map — which
+#   can saturate, collapsing the blend to the crop mask.
+# - Published numbers are not this kit's: on miniscapes HRDA + CLUDA is printed next to them above.
+#
+# ## Exercises
+#
+# **1.** Change the weight map of the toy loss to a constant 0.5 and rerun it. Where does the loss
+# land between the w = 0 and w = c = 1 ends?
+#
+# <details><summary>Solution</summary>
+#
+# `mr(0.5 * ones, toy_crop)`: inside the window s_ij = w_i·w_j = ¼, so the anchors there mix a
+# quarter LR–LR with three quarters LR–HR (hidden cell).
+# </details>
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+print(f"w = 0: {toy['w = 0']:.4g} | w = 0.5: {mr(0.5 * ones, toy_crop):.4g} | random w: {toy['random w']:.4g} | "
+      f"w = 1 in the window: {mr(ones, toy_crop):.4g}")
+
+# %% [markdown]
+# **2.** Move the detail window: draw it with seed 1 instead of 0 (section 2) and count the window's
+# cells on the fused grid. Does the count depend on the seed?
+#
+# <details><summary>Solution</summary>
+#
+# No: the window always has `detail_crop` pixels, so its cell count is fixed; only its position
+# changes (hidden cell).
+# </details>
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+for seed in (0, 1):
+    box = random_window(CROP, H.detail_crop, H.detail_divisible, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        o = model(x, inference=False, box=box)
+    print(f"seed {seed}: window {box}, {int(o.window_mask().sum())} cells on the fused grid")

@@ -1,6 +1,6 @@
 """Regenerate every notebook ``NN_name.ipynb`` from its jupytext source ``NN_name.py`` and execute it.
 
-    python notebooks/build.py                 # all notebooks, profile from CLUDA_PROFILE (default tiny)
+    python notebooks/build.py                 # all notebooks, profile from CLUDA_PROFILE (default demo)
     python notebooks/build.py 04 06           # only the notebooks whose name starts with 04 or 06
 
 The ``.py`` files (percent format) are the reviewable sources; the ``.ipynb`` files are generated

@@ -139,3 +139,29 @@ def test_make_notebook_runs_trains_every_notebook_run():
     assert tuple(loop.group(1).split()) == NOTEBOOK_RUNS
     for name in NOTEBOOK_RUNS:
         assert load_config(f"miniscapes_{name}").name == f"miniscapes_{name}"
+
+
+def test_a_student_gets_the_demo_profile_and_the_tests_ask_for_tiny(monkeypatch, keep_threads):
+    """Without CLUDA_PROFILE a notebook runs the demo profile (what the stored outputs show); nbval
+    runs the notebooks in tiny because notebooks/conftest.py sets it for the kernels it starts."""
+    from cluda_kit.notebook import DEFAULT_PROFILE
+
+    monkeypatch.delenv("CLUDA_PROFILE", raising=False)
+    assert DEFAULT_PROFILE == "demo" and setup(threads=1, verbose=False).profile == "demo"
+    conftest = repo_root(Path(__file__).parent) / "notebooks" / "conftest.py"
+    code = (f"import os, runpy; os.environ.pop('CLUDA_PROFILE', None); runpy.run_path({str(conftest)!r}); "
+            "print(os.environ['CLUDA_PROFILE'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "tiny"
+
+
+def test_make_lab_trains_the_missing_runs_then_opens_jupyterlab_in_demo():
+    import re
+
+    makefile = (repo_root(Path(__file__).parent) / "Makefile").read_text()
+    lab = re.search(r"^lab:.*?(?=^\S|\Z)", makefile, re.S | re.M)
+    assert lab is not None, "Makefile: no lab target"
+    recipe = lab.group(0)
+    assert "NOTEBOOK_RUNS" in recipe and "notebook-runs" in recipe and "jupyter lab notebooks/" in recipe
+    assert "CLUDA_PROFILE:-demo" in recipe
+    assert re.search(r"^\.PHONY:.*\blab\b", makefile, re.M)

@@ -93,3 +93,72 @@ def test_stored_outputs_are_the_demo_profile_over_the_trained_runs(src: Path):
     if src.stem == "07_hrda":
         assert "model: TRAINED runs/notebooks/hrda_cluda" in text, (
             f"{src.stem}.ipynb: stored outputs of an untrained model")
+
+
+# --- what a student reads: exercises at the end, and no number in the prose that no cell printed
+
+def _hidden(cell) -> bool:
+    return bool(cell.metadata.get("jupyter", {}).get("source_hidden"))
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_ends_with_what_to_remember_and_exercises_with_collapsed_solutions(src: Path):
+    cells = jupytext.read(src).cells
+    heads = [i for i, c in enumerate(cells) if c.cell_type == "markdown" and "## What to remember" in c.source]
+    assert heads, f"{src.name}: no '## What to remember' section"
+    ex = [i for i, c in enumerate(cells) if c.cell_type == "markdown" and "## Exercises" in c.source]
+    assert ex and ex[0] > heads[0], f"{src.name}: no '## Exercises' after 'What to remember'"
+    asks = [i for i, c in enumerate(cells) if i >= ex[0] and c.cell_type == "markdown" and "<details>" in c.source]
+    assert len(asks) >= 2, f"{src.name}: {len(asks)} exercises with a <details> solution, expected 2 or 3"
+    for i in asks:  # the worked solution: a code cell right after, collapsed in JupyterLab
+        nxt = cells[i + 1] if i + 1 < len(cells) else None
+        assert nxt is not None and nxt.cell_type == "code" and _hidden(nxt), (
+            f"{src.name}: exercise cell {i} must be followed by a solution code cell with metadata "
+            '{"jupyter": {"source_hidden": true}}')
+    assert not any(c.cell_type == "code" and not _hidden(c) for c in cells[ex[0]:]), (
+        f"{src.name}: a code cell after '## Exercises' is not collapsed")
+
+
+# Numbers a markdown cell may state without a cell printing them: published or measured elsewhere,
+# each with where it comes from (docs/method.md, the papers). Everything else in the prose that is a
+# decimal or has three or more digits must occur in the notebook's code or in the stored output of
+# a code cell above it — or the prose must be written by a cell (Markdown(f"...")).
+CITED = {
+    # strong_augment's defaults, the DACS values (cluda_kit.uda.mixing, docs/method.md §2)
+    "01_mixing": {"0.8", "0.2", "0.5", "0.15", "1.15", "0.1", "1.2"},
+    # MiT-B5 and mit_nano stage widths (the SegFormer paper, cluda_kit.models); STAND_IN_ITERS["demo"]
+    "03_fused_features": {"160", "320", "512", "200"},
+    "04_contrastive_loss": {"6.5", "24"},  # the release's CPU peak and the GPU it did not fit (docs/method.md)
+    "05_full_training": {"128", "256"},  # the demo preset's 128×256 crop (cluda_kit/configs)
+    # HRDA and HRDA + CLUDA, GTA5 -> Cityscapes (the papers); the Cityscapes frame and the paper's crops
+    "07_hrda": {"73.8", "74.4", "128", "512", "1024", "2048"},
+}
+_NUMBER = re.compile(r"(?<![\w.])(\d{1,3}(?:[ \u202f\u2009]\d{3})+|\d+\.\d+|\d{3,})(?![\w])")
+
+
+def _prose_numbers(text: str) -> set[str]:
+    text = re.sub(r"`[^`]*`|\$\$.*?\$\$|\$[^$]*\$|<[^>]+>", " ", text, flags=re.S)  # code, maths, html tags
+    return {re.sub(r"[ \u202f\u2009]", "", m) for m in _NUMBER.findall(text)}
+
+
+def _outputs(cell) -> str:
+    parts = []
+    for o in cell.get("outputs", []):
+        parts.append(o.get("text", ""))
+        for kind in ("text/plain", "text/markdown", "text/html"):
+            parts.append(o.get("data", {}).get(kind, ""))
+    return "".join(p if isinstance(p, str) else "".join(p) for p in parts)
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_prose_numbers_are_printed_above_or_cited(src: Path):
+    nb = jupytext.read(src.with_suffix(".ipynb"))
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    seen, bad = re.sub(r"[ \u202f\u2009_]", "", code), []
+    for i, c in enumerate(nb.cells):
+        if c.cell_type == "code":
+            seen += re.sub(r"[ \u202f\u2009]", "", _outputs(c))
+        elif c.cell_type == "markdown":
+            bad += [(i, n) for n in _prose_numbers(c.source) if n not in seen and n not in CITED.get(src.stem, ())]
+    assert not bad, (f"{src.name}: numbers in markdown that no cell above prints and no code states: {bad}; "
+                     "write that sentence from the cell that computes it (Markdown(f'...')) or cite it in CITED")
