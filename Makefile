@@ -23,7 +23,7 @@ for where in (".", tempfile.gettempdir()):
 endef
 export DISK_CHECK
 
-.PHONY: install demo test test-fast notebooks notebook-runs bench clean-runs
+.PHONY: install demo test test-fast notebooks notebook-runs lab bench clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,21 @@ bench: install
 
 notebooks: install
 	$(BIN)/python notebooks/build.py
+
+# JupyterLab on notebooks/ in the demo profile (what the stored outputs show; CLUDA_PROFILE=tiny
+# make lab for seconds-long stand-ins). Trains the runs the notebooks read first, once, if any is
+# missing: make notebook-runs, about 15 minutes on 2 CPU cores. LAB_ARGS go to jupyter lab.
+lab: install
+	@missing=; for m in $$($(BIN)/python -c "from cluda_kit.notebook import NOTEBOOK_RUNS; print(*NOTEBOOK_RUNS)"); do \
+	  [ -f $(NOTEBOOK_RUNS)/$$m/summary.json ] || missing="$$missing $$m"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "lab: training the runs the notebooks read into $(NOTEBOOK_RUNS) (missing:$$missing), once;" \
+	       "about 15 minutes on 2 CPU cores"; \
+	  start=$$(date +%s); $(MAKE) --no-print-directory notebook-runs NOTEBOOK_RUNS=$(NOTEBOOK_RUNS) || exit 1; \
+	  t=$$(( $$(date +%s) - start )); echo "lab: the runs took $$((t / 60)) min $$((t % 60)) s"; \
+	fi; \
+	CLUDA_PROFILE=$${CLUDA_PROFILE:-demo} CLUDA_NOTEBOOK_RUNS=$(NOTEBOOK_RUNS) $(BIN)/jupyter lab notebooks/ $(LAB_ARGS)
 
 clean-runs:
 	rm -rf runs
