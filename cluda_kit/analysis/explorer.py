@@ -9,6 +9,13 @@ colouring by class, domain, confidence or correctness, a gallery of the image cr
 points come from (the pixel marked), per-class counts, and the cluster measures of the classes
 and domain shown. The selection exports as CSV, the view as PNG.
 
+A "clear selection" button (CSS class ``cluda-clear``) clears the selection from the kernel, in
+every view. A double click into a view clears it too, but only a selection that view holds itself:
+a selection set from code (:meth:`LinkedExplorer.select`) while a view is still being drawn, e.g.
+in the cell after the one displaying the explorer under Run All, is dropped by jupyter-scatter in
+that view (it shows nothing selected while the kernel, the status line and the gallery hold the
+points), and there a double click changes nothing.
+
 Everything but the drawing is plain state (``points``, ``select``, ``selection_counts``,
 ``gallery``, ``measures``, ``export_csv``, ``export_png``), tested without a browser; the widget
 (:meth:`LinkedExplorer.widget`) only wires jupyter-scatter and ipywidgets to it.
@@ -389,10 +396,12 @@ class LinkedExplorer:
                                          value=tuple(self.shown_classes), rows=8, description="classes")
         self._csv = w.Button(description="selection → CSV")
         self._png = w.Button(description="view → PNG")
+        self._clear = w.Button(description="clear selection")
         self._panel = w.HTML()  # the gallery, a PNG set from the kernel (not an Output: see the module's doc)
         self._status = w.HTML()
         for widget, css in ((self._color, "cluda-color"), (self._method, "cluda-method"), (self._domain, "cluda-domain"),
-                            (self._classes, "cluda-classes"), (self._panel, "cluda-gallery"), (self._status, "cluda-status")):
+                            (self._classes, "cluda-classes"), (self._clear, "cluda-clear"), (self._panel, "cluda-gallery"),
+                            (self._status, "cluda-status")):
             widget.add_class(css)
         self._color.observe(lambda ch: self._set(color_by=ch["new"]), names="value")
         self._method.observe(lambda ch: self._set(method=ch["new"]), names="value")
@@ -400,10 +409,11 @@ class LinkedExplorer:
         self._classes.observe(lambda ch: self._set(classes=list(ch["new"])), names="value")
         self._csv.on_click(lambda _b: self._status.__setattr__("value", f"wrote {self.export_csv('selection.csv')}"))
         self._png.on_click(lambda _b: self._status.__setattr__("value", f"wrote {self.export_png('feature_view.png')}"))
+        self._clear.on_click(lambda _b: self.select([]))
         for s in self._scatters.values():
             s.widget.observe(self._on_selection, names="selection")
         controls = w.HBox([w.VBox([self._color, self._method, self._domain]), self._classes,
-                           w.VBox([self._csv, self._png])])
+                           w.VBox([self._csv, self._png, self._clear])])
         self._widget = w.VBox([controls, grid, self._status, self._panel]).add_class("cluda-linked-explorer")
         self._refresh_panel()
         return self._widget
