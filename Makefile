@@ -23,7 +23,7 @@ for where in (".", tempfile.gettempdir()):
 endef
 export DISK_CHECK
 
-.PHONY: install demo test test-fast notebooks notebook-runs lab bench clean-runs
+.PHONY: install demo test test-fast test-browser-repeat notebooks notebook-runs lab bench clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,15 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -x tests -m "not slow and not browser"
+
+# the browser tests N times in a row (`make test-browser-repeat N=5`, default 5), stopping at the
+# first failing run: intermittent failures show up here, not in one run
+test-browser-repeat: install
+	@n=$(or $(N),5); for i in $$(seq 1 $$n); do \
+	  echo "== tests/test_browser.py: run $$i of $$n"; \
+	  $(BIN)/python -m pytest -q $(PYTEST_ARGS) tests/test_browser.py -p no:cacheprovider \
+	    || { echo "== tests/test_browser.py: run $$i of $$n failed"; exit 1; }; \
+	done; echo "== tests/test_browser.py: $$n of $$n runs passed"
 
 bench: install
 	$(BIN)/python -m bench
