@@ -38,6 +38,8 @@ def test_contrastive_study_is_included_when_its_record_exists(tmp_path, monkeypa
     fake = tmp_path / "results"
     shutil.copytree(results_doc.RESULTS, fake)
     monkeypatch.setattr(results_doc, "RESULTS", fake)
+    for name in ("study_contrastive.md", "study_contrastive.json"):
+        (fake / name).unlink(missing_ok=True)
     without = results_doc.render()
     assert "not run yet" in without.split("### Contrastive variants")[1].split("### ")[0]
     (fake / "study_contrastive.md").write_text(
