@@ -12,25 +12,12 @@ import json
 import sys
 from pathlib import Path
 
+from cluda_kit.presets import PUBLISHED
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
-#: mIoU (%) published for each preset's method on Cityscapes val (SYNTHIA: 16 classes), with its
-#: source (the DAFormer, HRDA, CLUDA v1/v2 and MIC papers); None where no paper reports that
-#: combination or the preset is a variant of a method (the PiPa and SePiCo presets).
-PAPER = {
-    "gta2cs_daformer": ("68.3", "DAFormer"),
-    "gta2cs_daformer_cluda": ("70.1", "CLUDA, third-party listing"),
-    "gta2cs_daformer_mic": (None, ""),
-    "gta2cs_daformer_pipa": (None, ""),
-    "gta2cs_daformer_sepico": (None, ""),
-    "gta2cs_deeplabv2_cluda": (None, ""),
-    "gta2cs_hrda": ("73.8", "HRDA"),
-    "gta2cs_hrda_cluda": ("74.4 ± 0.3", "CLUDA"),
-    "gta2cs_hrda_cluda_reference": ("74.4 ± 0.3", "CLUDA, release settings"),
-    "gta2cs_hrda_mic": ("75.9", "MIC"),
-    "synthia2cs_daformer_cluda": (None, ""),
-    "synthia2cs_hrda_cluda": ("66.8 ± 0.4", "CLUDA v2; 67.2 in v1"),
-}
+#: mIoU (%) published for each preset's method (the package's table, which `cluda-kit presets` prints)
+PAPER = PUBLISHED
 
 _CHECKED = "settings against the release (docs/method.md §9); a release checkpoint loads to its logits"
 #: what is verified here for each preset; no preset has been trained to its published number here

@@ -153,9 +153,9 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from .config import preset_names
+    from .presets import preset_lines
 
-    print("\n".join(preset_names()))
+    print("\n".join(preset_lines()))
     return 0
 
 

@@ -538,3 +538,17 @@ __all__ = [
     "RCSConfig", "TrainConfig", "UDAConfig", "apply_overrides", "dump_config", "from_dict",
     "load_config", "preset_names", "replace", "to_dict", "validate",
 ]
+
+
+def method_of(cfg: Config) -> str:
+    """The method a config trains: ``uda.method`` unless ``auto``, else from the loss switches:
+    the contrastive loss -> cluda, the feature distance -> daformer, self-training -> dacs, else
+    source_only. (Under ``uda.mode=source_only`` or ``oracle`` the first two train their source
+    terms without a teacher.)"""
+    if cfg.uda.method != "auto":
+        return cfg.uda.method
+    if cfg.loss.contrastive.enabled:
+        return "cluda"
+    if cfg.uda.fd.enabled:
+        return "daformer"
+    return "dacs" if cfg.uda.mode == "self_training" else "source_only"

@@ -121,3 +121,23 @@ def test_reference_preset_trains_like_the_release():
     assert load_config("gta2cs_hrda_cluda").train.amp == "auto"
     assert ref.loss.contrastive.official_compat and ref.loss.ce_mean_over_all
     assert not ref.uda.mix_per_image and ref.uda.teacher_mode == "train"
+
+
+def test_cluda_kit_presets_prints_one_line_per_preset_without_torch():
+    """``cluda-kit presets``: every shipped preset with its method, data, crop, budget and the
+    published number where a paper reports one; listing loads no torch."""
+    import subprocess
+    import sys
+
+    from cluda_kit.config import preset_names
+
+    code = ("import sys; from cluda_kit.cli import main; rc = main(['presets']); "
+            "assert 'torch' not in sys.modules, 'presets imported torch'; sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert sorted(lines) == sorted(preset_names())
+    assert "cluda (HRDA)" in lines["gta2cs_hrda_cluda"] and "paper 74.4 ± 0.3 (CLUDA)" in lines["gta2cs_hrda_cluda"]
+    assert "crop 1024x1024" in lines["gta2cs_hrda_cluda"] and "40000 it" in lines["gta2cs_hrda_cluda"]
+    assert "daformer + MIC (HRDA)" in lines["gta2cs_hrda_mic"]
+    assert "miniscapes game -> real" in lines["miniscapes_pipa"] and " pipa " in lines["miniscapes_pipa"]
+    assert "paper" not in lines["miniscapes_cluda"]

@@ -18,7 +18,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from ...config import ConfigError
+from ...config import ConfigError, method_of
 from .base import LossGroup, Method, StepContext
 from .cluda import CLUDA
 from .dacs import DACS
@@ -51,17 +51,8 @@ def register_method(name: str) -> Callable:
 
 
 def method_name(cfg: Any) -> str:
-    """The method a config trains: ``uda.method`` unless ``auto``, else from the loss switches:
-    the contrastive loss -> cluda, the feature distance -> daformer, self-training -> dacs, else
-    source_only. (Under ``uda.mode=source_only`` or ``oracle`` the first two train their source
-    terms without a teacher.)"""
-    if cfg.uda.method != "auto":
-        return cfg.uda.method
-    if cfg.loss.contrastive.enabled:
-        return "cluda"
-    if cfg.uda.fd.enabled:
-        return "daformer"
-    return "dacs" if cfg.uda.mode == "self_training" else "source_only"
+    """The method a config trains (:func:`cluda_kit.config.method_of`)."""
+    return method_of(cfg)
 
 
 def _import_method(spec: str) -> Callable[[Any], Method]:
