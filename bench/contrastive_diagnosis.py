@@ -107,11 +107,14 @@ def students(run: Path):
     from cluda_kit.engine.trainer import Trainer
 
     yield "0", Trainer(load_config(run / "config.yaml"), progress=False)
-    for name in ("prev.pt", "last.pt"):
+    seen = set()
+    for name in ("prev.pt", "last.pt"):  # the final save repeats the last scheduled one: once each
         ckpt = run / "checkpoints" / name
         if ckpt.is_file():
             trainer = Trainer.resume(ckpt, read_only=True, progress=False)
-            yield str(trainer.iter), trainer
+            if trainer.iter not in seen:
+                seen.add(trainer.iter)
+                yield str(trainer.iter), trainer
 
 
 def diagnose(run: Path, batches: int = 4) -> dict:
@@ -180,7 +183,33 @@ def markdown(results: list[dict], command: str) -> str:
             continue
         lines.append(f"| {name} | {100 * last[0]['pixel_share'][k]:.1f} | "
                      + " | ".join(f"{100 * s['gradient_share'][k]:.1f}" for s in last) + " |")
+    lines += ["", "**The source term as logged in training** (the weighted loss term of each run's "
+              "metrics.jsonl at a few iterations; CLUDA's `cl_src` is its τ = 1 loss):", "",
+              "| run | term | " + " | ".join(f"it {i}" for i in CURVE_ITERS) + " |",
+              "|---|---|" + "---:|" * len(CURVE_ITERS)]
+    for r in results:
+        term, values = logged_curve(Path(r["run"]))
+        if term is not None:
+            lines.append(f"| {Path(r['run']).name} | `{term}` | "
+                         + " | ".join("–" if v is None else f"{v:.3f}" for v in values) + " |")
     return "\n".join(lines) + "\n"
+
+
+CURVE_ITERS = (10, 100, 250, 500, 750)
+SOURCE_TERMS = ("cl_src", "pipa", "sepico_src")
+
+
+def logged_curve(run: Path) -> tuple[str | None, list[float | None]]:
+    """(the run's contrastive source term, its logged value at each of CURVE_ITERS or None)."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return None, []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    term = next((t for t in SOURCE_TERMS if any(t in r for r in records)), None)
+    if term is None:
+        return None, []
+    by_iter = {r["iter"]: r[term] for r in records if term in r}
+    return term, [by_iter.get(i) for i in CURVE_ITERS]
 
 
 def figure(results: list[dict], path: Path) -> None:
