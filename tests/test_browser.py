@@ -266,7 +266,7 @@ def test_linked_explorer_zoom_lasso_gallery_and_linked_highlight(notebook_06):
         (view1, b1), (view2, b2) = _views(box, sync_api)
         # the notebook's next cell selected up to 16 points of one class from code
         sync_api.expect(status).to_contain_text(re.compile(r"\b([1-9]|1[0-6]) selected \("), timeout=60_000)
-    except AssertionError as e:
+    except (AssertionError, sync_api.TimeoutError) as e:  # expect() raises the one, wait_for() the other
         page.screenshot(path=str(artifacts / "browser_06_linked_failure.png"), full_page=False)
         raise AssertionError(f"the linked explorer did not render: {e}; errors in the notebook: {_errors(page)}; "
                              f"server log:\n{log.read_text()[-2000:]}") from None
