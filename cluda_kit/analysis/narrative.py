@@ -78,13 +78,24 @@ def feature_space_conclusion(values: Mapping[str, Mapping], iou: Mapping[str, Ma
                     f"{others(by_ratio, 'ratio')}).")
 
     c, d = values["cluda"], values["daformer"]
-    votes = {+1 if (c[k] > d[k]) == (k == "silhouette") else -1 for k in ("silhouette", "ratio")
+    votes = {k: +1 if (c[k] > d[k]) == (k == "silhouette") else -1 for k in ("silhouette", "ratio")
              if not is_small("cluda", "daformer", k)}  # +1: CLUDA tighter by that measure
-    verdict = {frozenset(): "about as tight as", frozenset({1}): "tighter than",
-               frozenset({-1}): "looser than"}.get(frozenset(votes), "neither clearly tighter nor looser than")
+    measure = {"silhouette": "the silhouette", "ratio": "the intra/inter ratio"}
+    if not votes:
+        verdict = "about as tight as DAFormer's by both measures"
+    elif len(set(votes.values())) == 2:
+        verdict = "tighter than DAFormer's by one measure and looser by the other"
+    else:
+        word = "tighter than" if next(iter(votes.values())) > 0 else "looser than"
+        if len(votes) == 2:
+            verdict = f"{word} DAFormer's by both measures"
+        else:
+            (k,) = votes
+            rest = "ratio" if k == "silhouette" else "silhouette"
+            verdict = (f"{word} DAFormer's by {measure[k]}, while {measure[rest]} differs by less than its margin")
     mixing = ("about as mixed as DAFormer's" if is_small("cluda", "daformer", "mixing")
               else f"{'more' if c['mixing'] > d['mixing'] else 'less'} mixed than DAFormer's")
-    text.append(f"**CLUDA vs DAFormer.** CLUDA's target clusters are {verdict} DAFormer's by the two measures: "
+    text.append(f"**CLUDA vs DAFormer.** CLUDA's target clusters are {verdict}: "
                 f"silhouette {num('cluda', 'silhouette')} vs {num('daformer', 'silhouette')} "
                 f"({diff('cluda', 'daformer', 'silhouette')}), intra/inter ratio {num('cluda', 'ratio')} vs "
                 f"{num('daformer', 'ratio')} ({diff('cluda', 'daformer', 'ratio')}; lower is tighter). Its source "
