@@ -84,7 +84,7 @@ ys = torch.stack([s["label"] for s in src])  # (B, H, W) trainIds, 255 = ignore
 xt = torch.stack([s["image"] for s in tgt]).float() / 255
 yt = torch.stack([s["label"] for s in tgt])  # only for display: UDA never sees target labels
 fig = image_grid([[xs[0], ys[0], xt[0], yt[0]], [xs[1], ys[1], xt[1], yt[1]]],
-                 [["source (game)", "source label", "target (real)", "target label (unused)"]] * 2, cell_size=2.0)
+                 [["source (game)", "source label", "target (real)", "target label (unused)"]] * 2, cell_size=1.6)
 class_legend(fig, present_classes(ys, yt))
 fig
 
@@ -113,7 +113,7 @@ g = torch.Generator().manual_seed(0)
 m = class_mix_masks(ys, per_image=True, generator=g)  # (B, 1, H, W)
 x_mix = mix(xs, xt, m)  # M * source + (1 - M) * target
 y_mix = mix(ys, yt, m)  # here the target *labels* stand in for the teacher's pseudo-labels (notebook 02)
-fig = mix_grid(xs, xt, m, x_mix, y_mix, cell_size=2.0)
+fig = mix_grid(xs, xt, m, x_mix, y_mix, cell_size=1.6)
 class_legend(fig, present_classes(y_mix))
 fig
 
@@ -173,7 +173,7 @@ for b, (a, c) in enumerate(zip(chosen(m_own, ys), chosen(m_batch, ys))):
 
 # %%
 y_batch = mix(ys, yt, m_batch)
-fig = mix_grid(xs, xt, m_batch, mix(xs, xt, m_batch), y_batch, cell_size=2.0)
+fig = mix_grid(xs, xt, m_batch, mix(xs, xt, m_batch), y_batch, cell_size=1.6)
 class_legend(fig, present_classes(y_batch))
 fig
 
@@ -221,12 +221,10 @@ for side in (128, 256, 512, 1024):
     print(f"image side {side:4d} -> blur kernel {blur_kernel_size(side)}")
 
 # %%
-rows, titles = [], []
-for seed in range(3):
-    aug = strong_augment(x_mix, generator=torch.Generator().manual_seed(seed))
-    rows.append([x_mix[0], aug[0], x_mix[1], aug[1]])
-    titles.append(["mixed", f"augmented (seed {seed})", "mixed", f"augmented (seed {seed})"])
-image_grid(rows, titles, cell_size=2.0)
+augs = [strong_augment(x_mix, generator=torch.Generator().manual_seed(seed)) for seed in range(3)]
+rows = [[x_mix[b]] + [aug[b] for aug in augs] for b in range(2)]  # one row per image: mixed, then 3 draws
+titles = [[f"mixed (image {b})"] + [f"augmented (seed {seed})" for seed in range(3)] for b in range(2)]
+image_grid(rows, titles, cell_size=1.6)
 
 # %% [markdown]
 # The augmentation changes appearance but never geometry, so the mixed label stays valid. Why

@@ -147,9 +147,10 @@ fig
 
 # %% [markdown]
 # Every logged point is one target batch of two images, so q jumps from step to step; the running
-# mean shows the trend. At the start the teacher is a random network and no pixel reaches 0.968:
-# q = 0 and the mixed loss learns from the pasted source pixels only. This is the intended warm-up
-# — wrong pseudo-labels at full weight would reinforce themselves. What this run did:
+# mean shows the trend. At the start the teacher is untrained (its decoder random) and no pixel
+# reaches 0.968: q = 0 and the mixed loss learns from the pasted source pixels only. This is the
+# intended warm-up — wrong pseudo-labels at full weight would reinforce themselves. What this run
+# did:
 
 # %%
 half = (f"first reaches 0.5 at iteration {above.min()}" if len(above) else "never reaches 0.5")

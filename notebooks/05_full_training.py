@@ -302,13 +302,14 @@ def avg(rs, k):
 q_arr, clm = np.array([r["q"] for r in steps]), np.array([r["cl_mix"] for r in steps])
 corr = float(np.corrcoef(q_arr, clm)[0, 1]) if q_arr.std() > 0 else float("nan")
 fd_zero = float(np.mean([r.get("fd", 0.0) == 0 for r in steps]))
+rising = avg(last, "cl_mix") > avg(first, "cl_mix") and avg(last, "q") > avg(first, "q")  # both ends up
 d_cl = avg(last, "cl_src") - avg(first, "cl_src")
 flat = abs(d_cl) < 0.1 * avg(first, "cl_src")
 lines = [
     f"- **`cl_src` is {'flat' if flat else 'moving'}**: {avg(first, 'cl_src'):.2f} in the first tenth of the logged "
     f"steps, {avg(last, 'cl_src'):.2f} in the last ({d_cl:+.2f}). At τ = 1 the loss has a high floor (notebook 04), "
     f"so even features that cluster better barely lower it.",
-    f"- **`cl_mix` {'rises with q' if corr > 0.5 else 'does not clearly follow q' if corr == corr else 'cannot follow q, which stays constant here'}**"
+    f"- **`cl_mix` {'rises with q' if corr > 0.5 else 'rises as q rises, loosely from step to step' if corr > 0.2 and rising else 'does not clearly follow q' if corr == corr else 'cannot follow q, which stays constant here'}**"
     f" (correlation over the logged steps {corr:.2f}; `cl_mix` {avg(first, 'cl_mix'):.2f} → {avg(last, 'cl_mix'):.2f}, "
     f"q {avg(first, 'q'):.2f} → {avg(last, 'q'):.2f}). The mixed loss weights target pairs by q and q², so a rising q "
     f"counts more pairs — a higher value, not worse features (notebook 04).",
