@@ -19,7 +19,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: mIoU (%) published for each preset's method (the package's table, which `cluda-kit presets` prints)
 PAPER = PUBLISHED
 
-_CHECKED = "settings against the release (docs/method.md §9); a release checkpoint loads to its logits"
+_CHECKED = ("settings read against the release's configs (its differences: docs/method.md §9); a "
+            "checkpoint in the release's layout (random weights) loads to the same logits")
 #: what is verified here for each preset; no preset has been trained to its published number here
 STATUS = {
     "gta2cs_daformer": _CHECKED,
