@@ -295,8 +295,11 @@ def render() -> str:
         "`python -m bench.results_doc` (do not edit by hand; `tests/test_docs.py` checks that this "
         "page is what the script writes). Each section gives the command that made the record, "
         "the arms file where a study declared its arms, seeds and baseline before any of its runs, "
-        "and the record's tables; the record itself (`bench/results/NAME.md` and `.json`) also "
-        "holds the machine, its load and the code the numbers came from. mIoU is on the 100 `real` "
+        "and the record's tables (for a study run in parts, the command of its last part; the "
+        "arms file holds the whole setting); the benchmark records (`bench/results/NAME.md` and "
+        "`.json`) also hold the machine, its load and the code, while a study's runs keep theirs "
+        "in their run directories (meta.json). Numbers differ at rounding level between CPU kinds "
+        "(the demo: 23.63 on an AMD EPYC, 23.75 on an Intel Xeon). mIoU is on the 100 `real` "
         "validation scenes of miniscapes unless said otherwise; ± is the standard deviation over "
         "seeds; Δ and p compare runs paired by seed (two-sided paired t-test).",
         "",
