@@ -21,9 +21,7 @@ from typing import Any, Sequence
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration file, key or value is wrong; the message names it."""
+from .errors import ConfigError
 
 
 # --------------------------------------------------------------------------------------- data

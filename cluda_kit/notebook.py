@@ -49,9 +49,12 @@ _TINY_SWITCHES = {  # miniscapes_tiny is CLUDA; these make it the method of mini
 
 def repo_root(start: str | Path | None = None) -> Path:
     """The repository root: the first folder at or above ``start`` (default: the working
-    directory) holding ``pyproject.toml``; the working directory if there is none."""
+    directory) holding ``pyproject.toml`` and ``cluda_kit``; else, for a notebook opened outside
+    the checkout, the checkout this package runs from (an editable install); else the working
+    directory."""
     here = Path(start or Path.cwd()).resolve()
-    for p in (here, *here.parents):
+    package_repo = Path(__file__).resolve().parents[1]
+    for p in (here, *here.parents, package_repo):
         if (p / "pyproject.toml").is_file() and (p / "cluda_kit").is_dir():
             return p
     return here

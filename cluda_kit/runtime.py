@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import ConfigError
+from .errors import ConfigError
 
 
 def seed_everything(seed: int) -> None:

@@ -1,6 +1,6 @@
 """The package's layering (README, docs/extending.md): each layer imports only layers below it,
 
-    fileio, batch, runtime, config  <  data  <  models  <  uda  <  engine  <  analysis  <  notebook, cli
+    errors  <  fileio, batch, runtime, config  <  data  <  models  <  uda  <  engine  <  analysis  <  notebook, cli
 
 checked on the import statements of every module (imports inside functions included), so that a
 new dependency in the wrong direction fails here rather than as an import cycle later."""
@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "cluda_kit"
-RANK = {"fileio": 0, "batch": 0, "runtime": 0, "config": 0, "data": 1, "models": 2, "uda": 3, "engine": 4,
+RANK = {"errors": -1, "fileio": 0, "batch": 0, "runtime": 0, "config": 0, "data": 1, "models": 2, "uda": 3, "engine": 4,
         "analysis": 5, "notebook": 6, "cli": 6, "__main__": 7}
 
 
