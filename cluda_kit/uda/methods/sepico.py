@@ -40,6 +40,7 @@ from ...models.heads import StageProjection
 from ..ema import EMATeacher
 from ..feature_distance import downscale_label_ratio
 from ..mixing import strong_augment
+from ..pseudo_label import margin_mask
 from ..prototypes import (ClassStatistics, dist_contrastive_loss, proto_contrastive_loss,
                           proto_regularizer, valid_pixels)
 from .base import StepContext, phase
@@ -137,13 +138,9 @@ class SePiCo(DAFormer):
         if ctx.iter < self.a.start_iter:
             return terms
         with phase("contrastive"):
-            top, bottom, left, right = self.pseudo_margins  # the release ignores the margins only
-            h, w = pl.shape[-2:]
-            pl = pl.clone()
-            pl[:, :top] = IGNORE_INDEX
-            pl[:, h - min(bottom, h):] = IGNORE_INDEX
-            pl[:, :, :left] = IGNORE_INDEX
-            pl[:, :, w - min(right, w):] = IGNORE_INDEX
+            # the release ignores the pseudo-label margins only (no threshold, no pixel weight)
+            inside = margin_mask(pl.shape[-2:], *self.pseudo_margins, device=pl.device) > 0
+            pl = torch.where(inside, pl, torch.full_like(pl, IGNORE_INDEX))
             x_aug = strong_augment(xt, **augment_kwargs(self.aug, ctx.generator))
             out_t = self.seg.student(ctx, x_aug, return_stages=True)
             z = self.head(out_t.stages)
