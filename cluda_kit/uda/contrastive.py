@@ -21,8 +21,8 @@ other positives are not in the denominator (unlike SupCon).
 Two layers
 ----------
 :func:`plain_loss`, first below, is the formula as written: (M, N) similarity matrices under
-ordinary autograd, a few dozen lines, O(M*N) memory. The release builds such matrices too (6.5 GB
-on the CPU for 2x65x65 anchors). The default, ``impl="blocked"``
+ordinary autograd, a few dozen lines, O(M*N) memory. The release builds such matrices too (about
+2.6 GB on the CPU for 2x65x65 anchors, bench/results/release_contrastive_memory.md). The default, ``impl="blocked"``
 (:mod:`cluda_kit.uda.contrastive_blocked`), walks the anchors in row blocks and accumulates
 analytic gradients block by block: O(block_size * N) scratch memory, the same value and gradients
 up to rounding (tests/test_contrastive.py checks both against each other and against a loop over

@@ -2,8 +2,8 @@
 default of :mod:`cluda_kit.uda.contrastive`, which prepares its inputs and holds the plain
 formula it is tested against).
 
-The plain formula builds (M, N) similarity matrices under autograd: O(N^2) memory, 6.5 GB on the
-CPU for the release's 2x65x65 anchors. Here one custom autograd Function walks the anchors in
+The plain formula builds (M, N) similarity matrices under autograd: O(N^2) memory, about 2.6 GB on
+the CPU for the release's 2x65x65 anchors (bench/results/release_contrastive_memory.md). Here one custom autograd Function walks the anchors in
 row blocks of ``block_size`` and accumulates the analytic gradients (derived below) block by
 block, so only O(block_size * N) scratch memory is ever alive and O(N * D) is kept for backward.
 The value equals the plain one up to rounding.
