@@ -225,7 +225,7 @@ def test_critical_path_profile_and_kernels_report_what_they_measure():
 
 
 def test_contrastive_diagnosis_floor_and_gradient_shares():
-    from bench.contrastive_diagnosis import class_shares, loss_range, simplex_features
+    from cluda_kit.analysis.contrastive import class_shares, loss_range, simplex_features
 
     labels = torch.tensor([[[0, 0, 1], [2, 255, 1]]])
     f = simplex_features(labels)
