@@ -66,7 +66,7 @@ class LinkedExplorer:
         cache_dir: folder for projections (``<model>-<method>-<seed>-<hash>.npy``, the hash of the
             features), so reopening is instant; None keeps them in memory only.
         class_names, palette: names and (C, 3) RGB 0-255 colours indexed by trainId (default the
-            Cityscapes 19).
+            Cityscapes 19 names and :data:`cluda_kit.analysis.plots.POINT_PALETTE`, distinct colours).
     """
 
     def __init__(self, feature_sets: Mapping[str, FeatureSet], images: Callable[[str, int], Any] | None = None, *,
@@ -97,7 +97,10 @@ class LinkedExplorer:
             from cluda_kit.data import labels as label_table
 
             class_names = label_table.CLASSES if class_names is None else class_names
-            palette = label_table.PALETTE if palette is None else palette
+            if palette is None:
+                from cluda_kit.analysis.plots import POINT_PALETTE
+
+                palette = POINT_PALETTE
         self.class_names = list(class_names)
         self.palette = np.asarray(palette, dtype=np.float64)
         self.images = images
@@ -254,8 +257,8 @@ class LinkedExplorer:
             h = it["crop"].shape[0] / 2 - 0.5
             ax.plot([h], [h], marker="+", color="white", markersize=10, mew=2)
             ax.plot([h], [h], marker="+", color="black", markersize=7, mew=1)
-            preds = " / ".join(it["predictions"][m][:8] for m in self.models)
-            ax.set_title(f"{it['class'][:10]}\n{preds}", fontsize=6)
+            preds = " / ".join(it["predictions"][m] for m in self.models)
+            ax.set_title(f"{it['class']}\n{preds}", fontsize=6)
         return fig
 
     def measures(self) -> dict[str, dict]:

@@ -22,6 +22,8 @@ from matplotlib.figure import Figure
 from cluda_kit.data.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize
 
 __all__ = [
+    "POINT_PALETTE",
+    "gradient_share_bars",
     "class_delta_scatter",
     "class_legend",
     "compact_png",
@@ -40,6 +42,30 @@ __all__ = [
     "uda_step_diagram",
     "value_colorbar",
 ]
+
+
+def _point_palette() -> np.ndarray:
+    """(NUM_CLASSES, 3) uint8: the ten ``tab10`` colours, then, one at a time, the colour of
+    matplotlib's qualitative maps farthest from all chosen so far (leaving out those too pale to
+    see on white), so that no two classes look alike: the Cityscapes palette gives car, truck, bus,
+    train and motorcycle five similar blues."""
+    def rgb(name: str) -> np.ndarray:
+        cmap = matplotlib.colormaps[name]
+        return np.array([cmap(k)[:3] for k in range(cmap.N)]) * 255
+
+    pool = np.unique(np.round(np.concatenate([rgb(n) for n in ("Dark2", "Set1", "tab20b", "tab20c", "tab20")])),
+                     axis=0)
+    pool = pool[pool @ np.array([0.299, 0.587, 0.114]) < 215]  # not too pale on a white background
+    chosen = list(np.round(rgb("tab10")))
+    while len(chosen) < NUM_CLASSES:
+        nearest = np.linalg.norm(pool[:, None, :] - np.array(chosen)[None], axis=2).min(axis=1)
+        chosen.append(pool[nearest.argmax()])
+    return np.array(chosen[:NUM_CLASSES]).astype(np.uint8)
+
+
+POINT_PALETTE = _point_palette()
+"""The colours of classes in scatter plots (projections, explorers), indexed by trainId; label maps
+keep the Cityscapes ``PALETTE``."""
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -599,15 +625,14 @@ def projection_grid(
         domain_labels: per domain name, its legend label (default the name).
         panel_size: inches per panel; point_size: marker area.
 
-    Classes get distinct colours of the ``tab20`` map (the Cityscapes palette has many similar
-    blues), named in a legend below; domains get blue (first) and orange (second).
+    Classes get the distinct colours of :data:`POINT_PALETTE` (the Cityscapes palette has many
+    similar blues), named in a legend below; domains get blue (first) and orange (second).
     """
     names = list(projections)
     if not names:
         raise ValueError("projection_grid: no projections")
     classes = sorted({int(c) for pts, _ in projections.values() for c in np.unique(pts.labels)})
-    cmap = matplotlib.colormaps["tab20"]
-    colour = {c: cmap(k % 20) for k, c in enumerate(classes)}
+    colour = {c: tuple(POINT_PALETTE[c % len(POINT_PALETTE)] / 255.0) for c in classes}
     domain_colours = ("tab:blue", "tab:orange", "tab:green", "tab:red")
     fig = Figure(figsize=(panel_size * len(names), 2 * panel_size + 0.3))
     axes = fig.subplots(2, len(names), squeeze=False)
@@ -683,3 +708,27 @@ def class_delta_scatter(
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def gradient_share_bars(classes: Sequence[str], pixel_share: Sequence[float],
+                        gradient_share: Mapping[str, Sequence[float]], *, title: str = "") -> Figure:
+    """Per class, its share of the pixels (grey) beside each loss's share of the gradient (one bar
+    per entry of ``gradient_share``, label → per-class fractions), classes ordered by pixel share,
+    percent. Classes with no pixels are left out."""
+    order = [k for k in sorted(range(len(classes)), key=lambda k: -pixel_share[k]) if pixel_share[k] > 0]
+    fig = Figure(figsize=(10, 3.6))
+    ax = fig.subplots()
+    width = 0.8 / (len(gradient_share) + 1)
+    xs = np.arange(len(order))
+    ax.bar(xs - 0.4 + width / 2, [100 * pixel_share[k] for k in order], width, color="lightgray",
+           label="share of the pixels")
+    for j, (label, share) in enumerate(gradient_share.items()):
+        ax.bar(xs - 0.4 + width * (j + 1.5), [100 * share[k] for k in order], width,
+               label=f"{label}: share of the gradient")
+    ax.set_xticks(xs, [classes[k] for k in order], rotation=60, ha="right", fontsize=8)
+    ax.set(ylabel="%")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+

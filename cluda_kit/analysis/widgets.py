@@ -50,7 +50,7 @@ class FeatureExplorer(_BoxedWidget):
             that model concatenated with ``FeatureSet.concat``).
         class_names: names indexed by trainId; default ``cluda_kit.data.labels.CLASSES``.
         palette: (C, 3) colours indexed by trainId, uint8 0-255 or float 0-1; default
-            ``cluda_kit.data.labels.PALETTE``.
+            :data:`cluda_kit.analysis.plots.POINT_PALETTE` (distinct colours).
         methods: projection methods offered (subset of ``"tsne"``, ``"umap"``, ``"pca"``).
         cache: keep computed projections (keyed by model, method, domains, classes).
         seed: random state of the projections.
@@ -72,7 +72,10 @@ class FeatureExplorer(_BoxedWidget):
             from cluda_kit.data import labels as label_table
 
             class_names = label_table.CLASSES if class_names is None else class_names
-            palette = label_table.PALETTE if palette is None else palette
+            if palette is None:
+                from cluda_kit.analysis.plots import POINT_PALETTE
+
+                palette = POINT_PALETTE
         self.feature_sets = dict(feature_sets)
         self.class_names = list(class_names)
         colours = np.asarray(palette, dtype=np.float64)
