@@ -87,16 +87,27 @@ ENTRIES: list[tuple[str, list[Entry]]] = [
               "DAFormer against DAFormer + CLUDA at the same model, data and budget, paired by seed, "
               "in the paper's conditions (pretrained encoder, feature distance, the release's loss "
               "weights, τ = τ_b = 1), with source-only as the reference and the declared ablation "
-              "and temperature arms.", arms="bench/study_cluda_750.yaml", reading=STUDY_CLUDA_750),
+              "and temperature arms. The command below trained the study's last part (three arms, "
+              "seed 4); `python -m bench.study bench/study_cluda_750.yaml --jobs 2 --threads 1` runs "
+              "the whole study, and its arms file pins the settings it ran with (750 iterations, "
+              "evaluations every 250 where today's presets evaluate every 375).",
+              arms="bench/study_cluda_750.yaml", reading=STUDY_CLUDA_750),
         Entry("What CLUDA adds, at 400 iterations", "study_cluda.md",
-              "The same study at the demo's earlier budget.", arms="bench/study_cluda.yaml",
+              "The same study at the demo's earlier budget. The command below trained its last two "
+              "arms and reused the other runs' records; `python -m bench.study bench/study_cluda.yaml "
+              "--jobs 2` runs the whole study, and its arms file pins the budget it ran at "
+              "(`train.max_iters=400`, `train.eval_every=100`, `train.checkpoint_every=100`), where "
+              "today's presets train 750 iterations and evaluate every 375.",
+              arms="bench/study_cluda.yaml",
               reading=STUDY_CLUDA),
         Entry("Contrastive variants: PiPa and SePiCo", "study_contrastive.md",
               "The field's two answers to CLUDA's saturated loss, each at its release's settings: "
               "PiPa's class-balanced hard/easy anchors at τ 0.1 (`miniscapes_pipa`) and SePiCo's "
               "pixels against class statistics of the teacher (`miniscapes_sepico`), against "
               "DAFormer and CLUDA at 750 iterations, 5 paired seeds, with a decision rule declared "
-              "in the arms file.", arms="bench/study_contrastive.yaml",
+              "in the arms file. The command below is the study's latest part (one seed); "
+              "`python -m bench.study bench/study_contrastive.yaml --jobs 2 --threads 1` runs the "
+              "whole study, whose arms file pins every setting.", arms="bench/study_contrastive.yaml",
               command="python -m bench.study bench/study_contrastive.yaml --jobs 2 --threads 1",
               reading="In progress: the record holds the seeds trained so far, and no conclusion is "
                       "drawn before all five. The declared check of the baselines to be reused from "
@@ -116,30 +127,74 @@ ENTRIES: list[tuple[str, list[Entry]]] = [
                       "times their pixel share."),
         Entry("A stand-in for ImageNet: the fractal-pretrained encoder", "study_init.md",
               "Random against fractal-pretrained initialisation, the same presets, budget and "
-              "seeds.", arms="bench/study_init.yaml", reading=STUDY_INIT),
+              "seeds. It ran at the presets' budget of the time, 400 iterations with evaluations "
+              "every 100; its arms file does not pin the budget, so on today's presets (750 "
+              "iterations, evaluations every 375) the same command trains longer. To rerun it as "
+              "recorded, add `train.max_iters=400`, `train.eval_every=100` and "
+              "`train.checkpoint_every=100` to each arm's `set:`, as bench/study_cluda.yaml pins "
+              "them.", arms="bench/study_init.yaml", reading=STUDY_INIT),
         Entry("Target entropy minimisation (the example method)", "study_entropy.md",
               "DAFormer against DAFormer + MinEnt, the complete example method of "
-              "docs/extending.md (`miniscapes_entropy`).", arms="bench/study_entropy.yaml",
+              "docs/extending.md (`miniscapes_entropy`). It ran at the presets' budget of the time, "
+              "400 iterations with evaluations every 100, reusing the daformer seeds of the "
+              "400-iteration CLUDA study; its arms file pins only `model.pretrained`, so on today's "
+              "presets (750 iterations, evaluations every 375) the same command trains longer. To "
+              "rerun it as recorded, add `train.max_iters=400`, `train.eval_every=100` and "
+              "`train.checkpoint_every=100` to its `set:` list, as bench/study_cluda.yaml does.",
+              arms="bench/study_entropy.yaml",
               reading="A tie: +0.08 ± 0.41 mIoU, 2/3 wins, p = 0.77."),
         Entry("Methods at 1000 iterations from random weights", "methods_miniscapes.md",
               "The five demo presets, 3 seeds each, before the fractal-pretrained encoder "
-              "(1000 iterations, random initialisation).",
+              "(1000 iterations, random initialisation, evaluations every 250; gap 1.5 and learning "
+              "rate 1.5e-3 as today). Today's presets start from the fractal encoder and train 750 "
+              "iterations, so the command below now trains something else; the record's settings "
+              "on today's presets are `python -m bench.methods --presets miniscapes_source_only "
+              "miniscapes_dacs miniscapes_daformer miniscapes_cluda miniscapes_oracle --set "
+              "model.pretrained= --set train.max_iters=1000 --set train.eval_every=250 --set "
+              "train.checkpoint_every=250 --runs runs/table --jobs 2`.",
               reading="Source-only 17.9, DACS 24.1, DAFormer 24.5, CLUDA 23.9, target oracle 35.8: "
                       "there too CLUDA's contrastive terms added nothing over DAFormer."),
         Entry("Methods at the first calibration (gap 1.0, 600 iterations)", "methods_miniscapes_600.md",
               "The presets at the first, weaker appearance gap; source-only with strong "
-              "augmentation (`miniscapes_source_only_aug`) beside plain source-only.",
+              "augmentation (`miniscapes_source_only_aug`) beside plain source-only. The presets of "
+              "the time differ from today's in four settings: the appearance gap of `real` "
+              "(1.0, today 1.5), `optim.lr` (6e-4, today 1.5e-3), `model.pretrained` (random "
+              "weights, today the fractal encoder) and the budget (`train.max_iters` 600 with "
+              "`train.eval_every` 200, today 750 and 375). The record's settings on today's "
+              "presets: `python -m bench.methods --set data.target.gap=1.0 --set data.val.gap=1.0 "
+              "--set optim.lr=6e-4 --set model.pretrained= --set train.max_iters=600 --set "
+              "train.eval_every=200 --set train.checkpoint_every=200 --runs runs/calib_gap1 --jobs 2`.",
               reading="At this gap self-training did not beat source-only, which is why the gap "
                       "was made stronger (next section)."),
         Entry("A long run (2400 iterations)", "methods_miniscapes_2400.md",
-              "CLUDA and source-only trained 2400 iterations, one seed.", whole=True),
+              "CLUDA and source-only trained 2400 iterations, one seed, at the first calibration's "
+              "setting (previous section: gap 1.0, learning rate 6e-4, random weights). It asked "
+              "why self-training did not beat source-only there: whether the 600-iteration budget "
+              "was too short for the teacher's pseudo-labels to help. The record's command sets "
+              "only the budget, so on today's presets (gap 1.5, learning rate 1.5e-3, the fractal "
+              "encoder) it trains something else; its settings on today's presets add `--set "
+              "data.target.gap=1.0 --set data.val.gap=1.0 --set optim.lr=6e-4 --set "
+              "model.pretrained=`.",
+              reading="With 4× the budget CLUDA ends 3.4 mIoU above source-only (one seed), so the "
+                      "gain needed a longer schedule or a stronger gap; the calibration below chose "
+                      "both (gap 1.5, 1000 iterations) for the random-initialisation demo.",
+              whole=True),
         Entry("Calibration of the gap, learning rate and budget", "calibration_miniscapes.md",
               "Single seed-0 runs that set the frozen appearance gap (1.5), the learning rate "
-              "(1.5e-3) and the budget of the random-initialisation demo.",
+              "(1.5e-3) and the budget of the random-initialisation demo. Each run was `cluda-kit "
+              "train PRESET --set optim.lr=LR --set data.source.gap=G --set data.target.gap=G --set "
+              "data.val.gap=G [--set train.max_iters=1000 --set train.eval_every=250]` on the "
+              "presets of the time, which trained from random weights for 600 iterations with "
+              "evaluations every 200; on today's presets add `--set model.pretrained=` and, for the "
+              "600-iteration rows, `--set train.max_iters=600 --set train.eval_every=200`. The "
+              "command below only tabulates the runs.",
               command="python -m bench.calibration runs/cal2 --default-gap 1.0", whole=False),
         Entry("The demo budget with the fractal-pretrained encoder", "calibration_demo_pretrained.md",
               "Single seed-0 runs: how many iterations the pretrained demo needs for +5 mIoU over "
-              "source-only.",
+              "source-only. The first table's 128×256 runs used the presets' budget of the time, "
+              "400 iterations with evaluations every 100 (today 750 and 375): on today's presets "
+              "their commands need `--set train.max_iters=400 --set train.eval_every=100`. The "
+              "other commands set their budget themselves.",
               reading="The gain passes +5 between 500 and 750 iterations (+4.5 at 500, +6.3 at 750, "
                       "+8.4 at 1000), while source-only falls from 19.3 at 250 to 16.9 at 1000; "
                       "750 iterations were chosen from this curve before any DAFormer run at 750.",
@@ -184,16 +239,28 @@ One training step of the paper presets at paper resolution on one NVIDIA H100 80
 weights, on miniscapes batches rendered at the crop size; FLOPs counted with
 `torch.utils.flop_counter`; host-device synchronisations per step counted with
 `torch.cuda.set_sync_debug_mode`. Each record is `bench/results/gpu_check_H100_*.json` (the log
-beside it). Eager mode; compiled steps have not been measured on a GPU yet."""
+beside it), made with torch 2.11 (`make install` pins 2.14.1; no GPU record was made with it) on
+three versions of the code: `gta2cs_daformer_cluda` and `gta2cs_hrda_cluda` the first,
+`before_sync_fixes` the second, `sync_free` the newest. Eager mode; compiled steps have not been
+measured on a GPU yet."""
 
 GPU_READING = """\
-In bf16, DAFormer + CLUDA takes 0.53 s per step in 6.4 GiB and HRDA + CLUDA 1.14–1.29 s in
-10.2 GiB (7.3 GiB with activation checkpointing): 40 000 iterations are about 5.9 h and 12.7–14 h
-of one H100 (docs/reproducing.md). The release needed a 32 GB V100 for HRDA + CLUDA. The newest
-records (`sync_free`) have no host-device synchronisation in the step; the GPU kernels are busy
-about 165 ms of the 533 ms DAFormer + CLUDA step, so the step is bound by Python and kernel
-launches (model FLOPs utilisation below 5 % of the dense-bf16 peak): CUDA graphs and
-`torch.compile` are the next GPU gains (bench/README.md, "GPU path")."""
+The step times and memory the other pages quote each come from one record, named beside them.
+bf16 is from `sync_free`, the newest code, which has no host-device synchronisation in the step:
+DAFormer + CLUDA 0.533 s per step in 6.4 GiB, HRDA + CLUDA 1.292 s in 10.2 GiB, so 40 000
+iterations are about 5.9 h and 14.4 h of one H100 (docs/reproducing.md). `sync_free` measured no
+fp32 step and no activation checkpointing. In `before_sync_fixes`, the one record that timed both
+precisions on the same code, fp32 was the faster DAFormer + CLUDA step (0.525 against 0.598 s) and
+the slower HRDA + CLUDA step (1.186 against 1.042 s), and took more memory (7.8 against 6.4 GiB,
+13.9 against 10.2 GiB): bf16 saves memory at both sizes, and time only at HRDA's. Activation checkpointing
+was measured only on the first code (`gta2cs_daformer_cluda`, `gta2cs_hrda_cluda`): bf16 peaks of
+4.7 and 7.3 GiB at 0.726 and 1.809 s per step. Each record times a few steps, and the HRDA + CLUDA
+bf16 step took 1.137, 1.042 and 1.292 s in the three versions' records, so a difference of that
+size between two records cannot be credited to the code. The release needed a 32 GB V100 for HRDA + CLUDA (its
+issue #4). In `sync_free` the GPU kernels are busy about 165 ms of the 533 ms DAFormer + CLUDA
+step (its log), so the step is bound by Python and kernel launches (model FLOPs utilisation below
+5 % of the dense-bf16 peak): CUDA graphs and `torch.compile` are the next GPU gains
+(bench/README.md, "GPU path")."""
 
 RELEASE_ABOUT = """\
 The releases' own model classes (CLUDA's HRDA and DAFormer models, HRDA, DAFormer, MIC; student
