@@ -16,7 +16,7 @@ __all__ = ["PUBLISHED", "preset_line", "preset_lines"]
 #: the preset is a variant of a method (the PiPa and SePiCo presets)
 PUBLISHED: dict[str, tuple[str | None, str]] = {
     "gta2cs_daformer": ("68.3", "DAFormer"),
-    "gta2cs_daformer_cluda": ("70.1", "CLUDA, third-party listing"),
+    "gta2cs_daformer_cluda": ("70.1", "Papers with Code listing, not the paper"),
     "gta2cs_daformer_mic": (None, ""),
     "gta2cs_daformer_pipa": (None, ""),
     "gta2cs_daformer_sepico": (None, ""),
