@@ -3,6 +3,7 @@
     study = read_study("bench/results/study_cluda_750.json")
     paired_result(study, "cluda", "daformer")   # mIoU difference per seed, wins, p; measures per seed
     class_deltas(study, "cluda", "daformer")    # per class: mean change of target silhouette and of IoU
+    decision(study, "pipa", "daformer", above="cluda")  # a declared decision rule, criterion by criterion
 
 The JSON is what ``bench/study.py`` writes: ``stats[arm]`` (``miou`` per seed, ``paired`` against the
 baseline, ``measures`` with ``*_per_seed``) and ``runs[arm][seed]`` (each run's summary, its per-class
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from cluda_kit.data.labels import CLASSES
 
-__all__ = ["read_study", "paired_result", "class_deltas"]
+__all__ = ["read_study", "paired_result", "class_deltas", "decision"]
 
 
 def read_study(path: str | Path) -> dict:
@@ -85,3 +86,27 @@ def class_deltas(study: dict, arm: str, baseline: str) -> dict[str, dict[str, fl
         if ds:
             out[name] = {"silhouette": sum(ds) / len(ds), "iou": sum(di) / len(di), "seeds": len(ds)}
     return out
+
+
+def decision(study: dict, arm: str, baseline: str, *, above: str | None = None, min_wins: int = 4,
+             alpha: float = 0.05, seeds: int = 5) -> dict:
+    """The decision rule the contrastive-variants study declared (bench/study_contrastive.yaml),
+    criterion by criterion: paired by seed against ``baseline``, the mean mIoU difference is > 0,
+    the arm wins on at least ``min_wins`` seeds, the two-sided paired t-test gives p < ``alpha``,
+    and (when ``above`` is given) the arm's mean mIoU is above that arm's over the same seeds.
+
+    Returns ``{"criteria": {name: bool}, "recommended": bool, "complete": bool}``; ``complete`` is
+    False while fewer than ``seeds`` paired seeds exist, and nothing is recommended before then."""
+    r = paired_result(study, arm, baseline)
+    criteria = {"mean difference > 0": r["delta"] > 0,
+                f"at least {min_wins} of {seeds} wins": r["wins"] >= min_wins,
+                f"p < {alpha:g}": r["p"] is not None and r["p"] < alpha}
+    if above is not None:
+        o = paired_result(study, above, baseline)
+        common = [x for x in r["seeds"] if x in o["seeds"]]
+        miou = {name: dict(zip(_arm(study, name)["seeds"], _arm(study, name)["miou"])) for name in (arm, above)}
+        criteria[f"mean above {above}"] = bool(common) and (
+            sum(miou[arm][x] for x in common) > sum(miou[above][x] for x in common))
+    complete = r["n"] >= seeds
+    return {"criteria": criteria, "complete": complete, "recommended": complete and all(criteria.values())}
+
