@@ -42,7 +42,7 @@ demo: install
 
 # each run trains once: a finished run (its summary.json) is kept; an interrupted one resumes
 notebook-runs: install
-	@for m in source_only daformer cluda hrda_cluda; do \
+	@for m in source_only daformer cluda hrda_cluda pipa sepico; do \
 	  run=$(NOTEBOOK_RUNS)/$$m; \
 	  if [ -f $$run/summary.json ]; then echo "$$run: done"; \
 	  elif [ -f $$run/checkpoints/last.pt ]; then $(BIN)/cluda-kit train --resume $$run || exit 1; \

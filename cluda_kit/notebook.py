@@ -32,7 +32,7 @@ __all__ = ["PROFILES", "DEFAULT_PROFILE", "NOTEBOOK_RUNS", "RUNS_ENV", "STAND_IN
 PROFILES = ("tiny", "demo", "full")
 DEFAULT_PROFILE = "demo"
 """The profile without ``CLUDA_PROFILE``: the CPU demo over the trained runs (the stored outputs)."""
-NOTEBOOK_RUNS = ("source_only", "daformer", "cluda", "hrda_cluda")
+NOTEBOOK_RUNS = ("source_only", "daformer", "cluda", "hrda_cluda", "pipa", "sepico")
 """The runs ``make notebook-runs`` trains once (demo setting, seed 0) under ``runs/notebooks/``;
 each is ``miniscapes_<name>``."""
 RUNS_ENV = "CLUDA_NOTEBOOK_RUNS"
@@ -44,6 +44,13 @@ _TINY_SWITCHES = {  # miniscapes_tiny is CLUDA; these make it the method of mini
                     "loss.contrastive.enabled=false"],
     "daformer": ["loss.contrastive.enabled=false"],
     "cluda": [],
+    # The variants' per-image pixel counts and start iteration scaled as their demo presets scale
+    # them: the tiny 16x32 embedding holds 0.02 of the release's 160x160, the stand-in 40 of 40 000
+    # iterations.
+    "pipa": ["loss.contrastive.enabled=false", "uda.method=pipa", "uda.method_args.max_samples=20",
+             "uda.method_args.max_views=2"],
+    "sepico": ["loss.contrastive.enabled=false", "uda.method=sepico", "uda.method_args.variant=dist",
+               "uda.method_args.start_iter=3"],
 }
 
 

@@ -49,7 +49,7 @@ def test_setup_profile_seeds_and_runs(tmp_path, monkeypatch, capsys):
     assert nb.run("daformer") is None and nb.run("source_only") is None
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("profile: demo | threads: 1") and "cluda=" in first
-    assert set(NOTEBOOK_RUNS) == {"source_only", "daformer", "cluda", "hrda_cluda"}
+    assert set(NOTEBOOK_RUNS) == {"source_only", "daformer", "cluda", "hrda_cluda", "pipa", "sepico"}
 
 
 @pytest.fixture
@@ -107,7 +107,8 @@ def test_a_tiny_stand_in_is_the_method_of_its_preset(name):
 
     tiny, preset = stand_in_config(name, "tiny", 7), load_config(f"miniscapes_{name}")
     assert tiny.name == "miniscapes_tiny" and tiny.train.max_iters == 7
-    assert tiny.uda.mode == preset.uda.mode
+    assert tiny.uda.mode == preset.uda.mode and tiny.uda.method == preset.uda.method
+    assert set(tiny.uda.method_args) == set(preset.uda.method_args)
     assert (tiny.data.rcs.enabled, tiny.uda.fd.enabled, tiny.loss.contrastive.enabled) == (
         preset.data.rcs.enabled, preset.uda.fd.enabled, preset.loss.contrastive.enabled)
     demo = stand_in_config(name, "demo", 200)
