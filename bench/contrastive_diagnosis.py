@@ -73,7 +73,8 @@ def figure(results: list[dict], path: Path) -> None:
     for r in results:
         its = sorted(r["students"], key=int)
         for t, style in (("1.0", "-"), ("0.1", "--")):
-            a.plot([int(i) for i in its], [room(r["students"][i]["range"][t]) for i in its], style, marker="o", label=f"{Path(r['run']).name}, τ = {t}")
+            a.plot([int(i) for i in its], [room(r["students"][i]["range"][t]) for i in its], style,
+                   marker="o", label=f"{Path(r['run']).name}, τ = {t}")
     a.set(xlabel="iteration", ylabel="(random − value) / (random − clustered)",
           title="How far CLUDA's loss has fallen towards its floor")
     a.legend(fontsize=8)
