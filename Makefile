@@ -72,14 +72,14 @@ notebooks: install
 
 # JupyterLab on notebooks/ in the demo profile (what the stored outputs show; CLUDA_PROFILE=tiny
 # make lab for seconds-long stand-ins). Trains the runs the notebooks read first, once, if any is
-# missing: make notebook-runs, about 15 minutes on 2 CPU cores. LAB_ARGS go to jupyter lab.
+# missing: make notebook-runs, up to about 50 minutes on 2 CPU cores (notebooks/README.md). LAB_ARGS go to jupyter lab.
 lab: install
 	@missing=; for m in $$($(BIN)/python -c "from cluda_kit.notebook import NOTEBOOK_RUNS; print(*NOTEBOOK_RUNS)"); do \
 	  [ -f $(NOTEBOOK_RUNS)/$$m/summary.json ] || missing="$$missing $$m"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "lab: training the runs the notebooks read into $(NOTEBOOK_RUNS) (missing:$$missing), once;" \
-	       "about 15 minutes on 2 CPU cores"; \
+	       "up to about 50 minutes on 2 CPU cores (notebooks/README.md)"; \
 	  start=$$(date +%s); $(MAKE) --no-print-directory notebook-runs NOTEBOOK_RUNS=$(NOTEBOOK_RUNS) || exit 1; \
 	  t=$$(( $$(date +%s) - start )); echo "lab: the runs took $$((t / 60)) min $$((t % 60)) s"; \
 	fi; \

@@ -147,8 +147,9 @@ for b, names in enumerate(chosen(m, ys)):
 # %% [markdown]
 # With one seed the two modes rank the classes with the same random numbers, so when both images
 # hold the same classes (and the source has no ignore pixels) they paste exactly the same thing.
-# The difference shows when the batch's union holds a value an image lacks: the image then pastes
-# fewer of the drawn values than it drew, and the number it pastes no longer is ⌈n/2⌉ of its own n.
+# The difference shows when the batch's union holds values an image lacks: each image then draws
+# ⌈N/2⌉ of the N values of the batch instead of ⌈n/2⌉ of its own n, and pastes only those it holds,
+# so it can paste more classes than the per-image mode or fewer, depending on the draw.
 # The next cell takes the first seed at which the two modes paste a different number of classes
 # into some image, and prints both draws side by side:
 

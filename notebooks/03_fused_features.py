@@ -232,6 +232,20 @@ fig
 # and object borders become staircases. The PCA map on the right is what the loss sees.
 
 # %% [markdown]
+# ## Explore: every map of every image
+#
+# The widget below draws the PCA-to-RGB picture of one map — an encoder stage or the fused map — of
+# one of the eight validation images the separation measures above were computed on, beside the
+# image and its ground truth. Step through the stages of one image and watch the detail go from fine
+# to coarse; then compare the fused map across images: do road, cars and vegetation take similar
+# colours within a picture? (Colours compare only within one picture: each gets its own components.)
+
+# %%
+from cluda_kit.analysis.widgets import FeatureMapExplorer
+
+FeatureMapExplorer.from_output(imgs, o8, labels=labs)
+
+# %% [markdown]
 # ## What to remember
 #
 # - The encoder gives four maps at strides 4, 8, 16, 32; the DAFormer decoder embeds, upsamples,

@@ -251,8 +251,10 @@ Markdown(f"The features are the same at every q; only the weights change. The lo
 # ## Time and memory against the number of anchors
 #
 # The release computes the full N×N similarity matrix under autograd. Memory is O(N²): at
-# 2 × 65 × 65 = 8450 anchors (D = 256) its CPU process peaked at 6.5 GB (docs/method.md), and
-# HRDA + CLUDA did not fit a 24 GB GPU. The library has both: `impl="plain"` is the formula with full matrices under autograd (what the
+# 2 × 65 × 65 = 8450 anchors (D = 256) the release's own loss grows a CPU process by gigabytes for
+# one forward and backward (measured from a checkout of the release, printed at the end of this
+# section), and a user of the release reported HRDA + CLUDA out of memory on a 24 GB GPU (the
+# release's issue #4). The library has both: `impl="plain"` is the formula with full matrices under autograd (what the
 # release does, a few dozen lines: `cluda_kit.uda.contrastive.plain_loss`), and the default
 # `impl="blocked"` computes the same value in row blocks of 1024 anchors inside one autograd
 # Function, so only O(block · N) scratch memory is alive and O(N · D) is kept for backward. Below,
@@ -300,6 +302,8 @@ ax1.legend(fontsize=8); fig.tight_layout(); fig
 
 # %%
 bench = json.loads((nb.root / "bench" / "results" / "contrastive.json").read_text())["result"]
+release = {r["impl"]: r["peak_mb"] for r in json.loads(
+    (nb.root / "bench" / "results" / "release_contrastive_memory.json").read_text())["rows"] if r["form"] == "source"}
 peak = {r["n"]: (r["plain"]["peak_mb"], r["kit"]["peak_mb"]) for r in bench["rows"]} if "kit" in bench["rows"][0] else {}
 n_last, kept_plain, kept_blocked = rows[-1][0], rows[-1][1][1], rows[-1][2][1]
 Markdown(f"Three memory numbers, three different things. Above, at N = {n_last} (D = 64), autograd keeps "
@@ -308,9 +312,11 @@ Markdown(f"Three memory numbers, three different things. Above, at N = {n_last} 
          + (f"`bench/contrastive_memory.py` measured {peak[8450][0]:.0f} MB for the kit's plain formula and "
             f"{peak[8450][1]:.0f} MB for the blocked kernel at N = 8450, D = {bench['config']['dim']} "
             f"(`bench/results/contrastive.md`). " if 8450 in peak else "")
-         + "The release's 6.5 GB is its own implementation's process peak at that size: it keeps more N×N tensors "
-           "alive at once (similarities, exponentials, float masks, weighted terms and their gradients). All three "
-           "grow with N²; the blocked kernel's memory grows with N·D.")
+         + f"The release's own loss, run from a checkout of the release on the same kind of inputs "
+           f"(`bench/release_contrastive_memory.py`), peaks at {release['release']:.0f} MB at N = 8450, D = 256, "
+           f"against {release['kit_plain']:.0f} MB for the kit's plain formula and {release['kit_blocked']:.0f} MB "
+           f"for the blocked kernel, with the same loss value. The full-matrix forms grow with N²; the blocked "
+           f"kernel's memory grows with N·D.")
 
 # %% [markdown]
 # The plain formula's memory grows with N² (doubling N quadruples it), the blocked kernel's with N·D.
@@ -354,6 +360,30 @@ for bsz in (2, 1):
 # The default (`loss.contrastive.official_compat=false`) keeps one consistent image-major order for
 # features, labels and weights and excludes ignored pixels as anchors, positives and negatives.
 # The `gta2cs_hrda_cluda_reference` preset switches the quirks on to reproduce the release.
+
+# %% [markdown]
+# ## Explore: slide the temperature
+#
+# The widget below places the clustered features of the temperature section (`clustered`, with their
+# labels `lab`) between the two ends of the loss at every τ of its slider: a random embedding (about
+# where an untrained network starts) and a perfectly clustered one (every class on its own vertex of
+# a regular simplex; `cluda_kit.analysis.contrastive.loss_range`). The status line gives the span,
+# random − clustered, in nats: the most the loss can fall at that τ. Start at the release's τ = 1 and
+# read the span; then slide τ down and watch the ends move apart, and up and watch them close in.
+
+# %%
+from cluda_kit.analysis.widgets import TemperatureExplorer
+
+explorer = TemperatureExplorer(clustered, lab, temperature=1.0)
+explorer
+
+# %%
+Markdown(f"At τ = 1 the whole way from a random to a perfectly clustered embedding is "
+         f"**{explorer.span(1.0):.2f} nats** (from {explorer.ranges[1.0]['random']:.2f} to "
+         f"{explorer.ranges[1.0]['clustered']:.2f}); at τ = 0.1 it is {explorer.span(0.1):.2f} nats. The simplex "
+         f"floor lies a little below the orthogonal *perfect* features above ({r1['perfect']:.2f} at τ = 1), because "
+         f"its classes point away from each other instead of at right angles — but not by much: at τ = 1 no embedding "
+         f"takes the loss far from where it starts, which is why it looks flat in training.")
 
 # %% [markdown]
 # ## What to remember

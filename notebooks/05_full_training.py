@@ -72,8 +72,11 @@ c = paper.loss.contrastive
 print("contrastive  tau", c.temperature, "tau_b", c.base_temperature, "| grid", c.grid, "| weights", c.source_weight, c.mix_weight)
 
 # %% [markdown]
-# The learning rate warms up linearly over 1500 iterations, then decays polynomially (power 1) to
-# 0 at 40 000; decoder and head parameters get 10× the encoder's rate.
+# The learning rate follows mmcv's schedule, which DAFormer uses: a polynomial decay (power 1, to 0
+# at 40 000) that runs from iteration 0, multiplied during the first 1500 iterations by a warm-up
+# factor rising linearly from `warmup_ratio` to 1. So the base rate 6e-5 is never quite reached:
+# at iteration 1500 the decay has already taken 1500/40 000 of it (printed below). Decoder and head
+# parameters get 10× the encoder's rate.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -242,8 +245,9 @@ print(f"mIoU after {summary['iter']} iterations: {summary['miou']:.2f} | {summar
 
 # %% [markdown]
 # The rate printed here is the iterations over the whole of `fit()` — evaluations, checkpoints and
-# the live plot's redraws included — while the progress bar shows the rate of the training steps
-# alone, which is higher.
+# the live plot's redraws included. The progress bar's rate is tqdm's moving average of the most
+# recent updates: an evaluation counts in it as one slow update and soon drops out of the average,
+# so the bar reads higher than the overall rate.
 # %% [markdown]
 # ## Resume from the run directory
 #

@@ -396,15 +396,20 @@ for name in ("daformer", "cluda"):
     values, counts = np.unique(pred, return_counts=True)
     said[name] = sorted(zip(counts.tolist(), values.tolist()), reverse=True)
 top = {n: said[n][0] for n in said}
+sil = {n: M[n]["class_silhouette"][worst] for n in ("daformer", "cluda")}
+where = {n: (f"in {LABEL[n]}'s feature space they sit inside other classes' clusters (silhouette {sil[n]:+.3f})"
+             if sil[n] < 0 else f"in {LABEL[n]}'s they form a cluster of their own (silhouette {sil[n]:+.3f})")
+         for n in sil}
+misread = [n for n in sil if sil[n] > 0 and top[n][1] != worst]
 Markdown(f"Each crop's title is *DAFormer's prediction / CLUDA's prediction* at the marked pixel. Of these "
          f"{len(linked.selected)} {CLASSES[worst]} pixels, DAFormer calls {top['daformer'][0]} "
          f"**{CLASSES[top['daformer'][1]]}** and CLUDA calls {top['cluda'][0]} **{CLASSES[top['cluda'][1]]}**. "
-         + ("Both models make the same mistake: the class's features sit inside another class's cluster, which is "
-            "what a low silhouette means — the contrastive loss pulls each pixel towards the features of the class it "
-            "is labelled (or pseudo-labelled) as, so a class the teacher confuses from the start is pulled into the "
-            "wrong cluster, not out of it."
-            if top["daformer"][1] == top["cluda"][1] != worst else
-            "The two models disagree on these pixels: compare the crops to see which context each one follows."))
+         f"By the per-class table, {where['cluda']}; {where['daformer']}. "
+         + (f"So {' and '.join(LABEL[n] for n in misread)} misreads a class whose target features are grouped: a "
+            f"separated cluster is not a correctly classified one. The silhouette measures how the features group "
+            f"by their true class; the classifier, trained on source pixels, can still put a whole target group on "
+            f"the wrong side of its boundary." if misread else
+            "A class whose features overlap other clusters is hard for any classifier to read right."))
 
 # %% [markdown]
 # The export: the selection as CSV (image, pixel, class, both models' predictions) and the views

@@ -591,6 +591,26 @@ Markdown(
     f"- The model: {state}; its learned weight map spans [{w_lo:.3f}, {w_hi:.3f}].")
 
 # %% [markdown]
+# ## Explore: the max-entropy window of other scenes
+#
+# The widget below runs this model's context pass over the centre crops of the first six validation
+# scenes and shows, for the image you select, the window the entropy rule picks for it (one window per
+# image, the default): the crop with the window, the entropy map it is scored on, and the ground truth.
+# It opens on the scene of section 2. Look at what lies inside each window — thin things, object
+# borders, rare classes — and for scenes where the window lands on something the model should already
+# know well, such as road or sky.
+
+# %%
+from cluda_kit.analysis.widgets import EntropyWindowExplorer
+
+crops = torch.stack([scenes[i]["image"][:, y0 : y0 + CROP[0], x0 : x0 + CROP[1]] for i in range(6)]).float() / 255
+crop_labels = torch.stack([scenes[i]["label"][y0 : y0 + CROP[0], x0 : x0 + CROP[1]] for i in range(6)])
+with torch.no_grad():
+    crop_logits = model(normalize(crops).to(DEVICE), inference=False, box=BOX).context_logits.cpu()
+EntropyWindowExplorer(crops, crop_logits, window=model.detail_crop, stride=model.inference_stride,
+                      divisible=model.detail_divisible, labels=crop_labels, image_index=5)
+
+# %% [markdown]
 # ## What to remember
 #
 # - HRDA trains on a large context crop at half resolution plus a small detail window at full

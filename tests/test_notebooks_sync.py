@@ -17,7 +17,7 @@ jupytext = pytest.importorskip("jupytext")
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 EXPECTED = ["01_mixing", "02_pseudo_labels", "03_fused_features", "04_contrastive_loss",
-            "05_full_training", "06_feature_space", "07_hrda"]
+            "05_full_training", "06_feature_space", "07_hrda", "08_contrastive_variants"]
 SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
 
 
@@ -73,7 +73,8 @@ READ_LINE = "{run}: read runs/notebooks/{run} (miniscapes_{run}, iteration {budg
 SHOWN_LINE = "shown: runs/notebooks/{run} (miniscapes_{run}, read), iteration {budget}"  # 05: the run it shows
 READS = {"02_pseudo_labels": (("cluda", READ_LINE),), "03_fused_features": (("cluda", READ_LINE),),
          "05_full_training": (("cluda", SHOWN_LINE),),
-         "06_feature_space": (("source_only", READ_LINE), ("daformer", READ_LINE), ("cluda", READ_LINE))}
+         "06_feature_space": (("source_only", READ_LINE), ("daformer", READ_LINE), ("cluda", READ_LINE)),
+         "08_contrastive_variants": tuple((run, READ_LINE) for run in ("daformer", "cluda", "pipa", "sepico"))}
 
 
 @pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
@@ -128,10 +129,13 @@ CITED = {
     "01_mixing": {"0.8", "0.2", "0.5", "0.15", "1.15", "0.1", "1.2"},
     # MiT-B5 and mit_nano stage widths (the SegFormer paper, cluda_kit.models); STAND_IN_ITERS["demo"]
     "03_fused_features": {"160", "320", "512", "200"},
-    "04_contrastive_loss": {"6.5", "24"},  # the release's CPU peak and the GPU it did not fit (docs/method.md)
+    "04_contrastive_loss": {"24"},  # the GPU a user of the release ran out of memory on (its issue #4)
     "05_full_training": {"128", "256"},  # the demo preset's 128×256 crop (cluda_kit/configs)
     # HRDA and HRDA + CLUDA, GTA5 -> Cityscapes (the papers); the Cityscapes frame and the paper's crops
     "07_hrda": {"73.8", "74.4", "128", "512", "1024", "2048"},
+    # SePiCo's τ and PiPa's base τ (their releases, docs/method.md §11); −1/(K−1) at K = 19, which an
+    # exercise asks for and its solution prints
+    "08_contrastive_variants": {"100", "0.07", "0.056"},
 }
 _NUMBER = re.compile(r"(?<![\w.])(\d{1,3}(?:[ \u202f\u2009]\d{3})+|\d+\.\d+|\d{3,})(?![\w])")
 
