@@ -213,8 +213,8 @@ Markdown(f"Per image, the per-image mode always pastes ⌈n/2⌉ of the image's 
 # The mixed image — and only the mixed image; the teacher sees the clean target — is colour-jittered
 # and blurred. The on/off coin flips (p = 0.8 for jitter, p = 0.5 for blur) are shared by the batch;
 # the factors (brightness, contrast, saturation ~ U(0.8, 1.2), hue shift ~ U(−0.2, 0.2), a random
-# order of the four operations, σ ~ U(0.15, 1.15)) are drawn per image. The blur kernel is the odd
-# number nearest below ⌈0.1 · side⌉ (the DACS rule):
+# order of the four operations, σ ~ U(0.15, 1.15)) are drawn per image. The blur kernel is the largest
+# odd number not above ⌈0.1 · side⌉ (the DACS rule):
 
 # %%
 # NBVAL_CHECK_OUTPUT

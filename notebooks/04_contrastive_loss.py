@@ -301,22 +301,18 @@ ax2.set(xlabel="anchors N", ylabel="MiB", yscale="log", title="memory kept for b
 ax1.legend(fontsize=8); fig.tight_layout(); fig
 
 # %%
-bench = json.loads((nb.root / "bench" / "results" / "contrastive.json").read_text())["result"]
 release = {r["impl"]: r["peak_mb"] for r in json.loads(
     (nb.root / "bench" / "results" / "release_contrastive_memory.json").read_text())["rows"] if r["form"] == "source"}
-peak = {r["n"]: (r["plain"]["peak_mb"], r["kit"]["peak_mb"]) for r in bench["rows"]} if "kit" in bench["rows"][0] else {}
 n_last, kept_plain, kept_blocked = rows[-1][0], rows[-1][1][1], rows[-1][2][1]
 Markdown(f"Three memory numbers, three different things. Above, at N = {n_last} (D = 64), autograd keeps "
          f"**{kept_plain:.0f} MiB** for the plain formula's backward and {kept_blocked:.1f} MiB for the blocked one: "
-         f"only the saved tensors, not the temporaries of the forward pass. The whole process peaks higher: "
-         + (f"`bench/contrastive_memory.py` measured {peak[8450][0]:.0f} MB for the kit's plain formula and "
-            f"{peak[8450][1]:.0f} MB for the blocked kernel at N = 8450, D = {bench['config']['dim']} "
-            f"(`bench/results/contrastive.md`). " if 8450 in peak else "")
-         + f"The release's own loss, run from a checkout of the release on the same kind of inputs "
-           f"(`bench/release_contrastive_memory.py`), peaks at {release['release']:.0f} MB at N = 8450, D = 256, "
-           f"against {release['kit_plain']:.0f} MB for the kit's plain formula and {release['kit_blocked']:.0f} MB "
-           f"for the blocked kernel, with the same loss value. The full-matrix forms grow with N²; the blocked "
-           f"kernel's memory grows with N·D.")
+         f"only the saved tensors, not the temporaries of the forward pass. The whole process peaks higher. "
+         f"The release's own loss, run from a checkout of the release on the same kind of inputs "
+         f"(`bench/release_contrastive_memory.py`, each form in a fresh process), peaks at {release['release']:.0f} MB "
+         f"at N = 8450, D = 256, against {release['kit_plain']:.0f} MB for the kit's plain formula and "
+         f"{release['kit_blocked']:.0f} MB for the blocked kernel, with the same loss value. (A process peak depends on "
+         f"the allocator and varies from run to run: `bench/results/contrastive.md` measured the kit's two forms "
+         f"again in another run.) The full-matrix forms grow with N²; the blocked kernel's memory grows with N·D.")
 
 # %% [markdown]
 # The plain formula's memory grows with N² (doubling N quadruples it), the blocked kernel's with N·D.
@@ -378,7 +374,8 @@ explorer = TemperatureExplorer(clustered, lab, temperature=1.0)
 explorer
 
 # %%
-Markdown(f"At τ = 1 the whole way from a random to a perfectly clustered embedding is "
+Markdown(f"At τ = 1 the whole way from a random to a perfectly clustered embedding (the widget draws a random "
+         f"embedding of its own, so its ends differ a little from the panels above) is "
          f"**{explorer.span(1.0):.2f} nats** (from {explorer.ranges[1.0]['random']:.2f} to "
          f"{explorer.ranges[1.0]['clustered']:.2f}); at τ = 0.1 it is {explorer.span(0.1):.2f} nats. The simplex "
          f"floor lies a little below the orthogonal *perfect* features above ({r1['perfect']:.2f} at τ = 1), because "

@@ -247,7 +247,7 @@ print(f"mIoU after {summary['iter']} iterations: {summary['miou']:.2f} | {summar
 # The rate printed here is the iterations over the whole of `fit()` — evaluations, checkpoints and
 # the live plot's redraws included. The progress bar's rate is tqdm's moving average of the most
 # recent updates: an evaluation counts in it as one slow update and soon drops out of the average,
-# so the bar reads higher than the overall rate.
+# so, where the bar shows a rate, it reads higher than the overall rate.
 # %% [markdown]
 # ## Resume from the run directory
 #

@@ -398,15 +398,16 @@ for name in ("daformer", "cluda"):
 top = {n: said[n][0] for n in said}
 sil = {n: M[n]["class_silhouette"][worst] for n in ("daformer", "cluda")}
 where = {n: (f"in {LABEL[n]}'s feature space they sit inside other classes' clusters (silhouette {sil[n]:+.3f})"
-             if sil[n] < 0 else f"in {LABEL[n]}'s they form a cluster of their own (silhouette {sil[n]:+.3f})")
+             if sil[n] < 0 else f"in {LABEL[n]}'s they lie, on average, nearer their own class than any other "
+             f"(silhouette {sil[n]:+.3f}; the 16 shown here need not)")
          for n in sil}
 misread = [n for n in sil if sil[n] > 0 and top[n][1] != worst]
 Markdown(f"Each crop's title is *DAFormer's prediction / CLUDA's prediction* at the marked pixel. Of these "
          f"{len(linked.selected)} {CLASSES[worst]} pixels, DAFormer calls {top['daformer'][0]} "
          f"**{CLASSES[top['daformer'][1]]}** and CLUDA calls {top['cluda'][0]} **{CLASSES[top['cluda'][1]]}**. "
          f"By the per-class table, {where['cluda']}; {where['daformer']}. "
-         + (f"So {' and '.join(LABEL[n] for n in misread)} misreads a class whose target features are grouped: a "
-            f"separated cluster is not a correctly classified one. The silhouette measures how the features group "
+         + (f"So {' and '.join(LABEL[n] for n in misread)} misreads a class whose target features are grouped on "
+            f"average: a separated class is not a correctly classified one. The silhouette measures how the features group "
             f"by their true class; the classifier, trained on source pixels, can still put a whole target group on "
             f"the wrong side of its boundary." if misread else
             "A class whose features overlap other clusters is hard for any classifier to read right."))
@@ -448,8 +449,9 @@ Markdown("**Five seeds.** " + study_sentence(paired, "CLUDA", "DAFormer")
 # - The cluster measures answer different questions: silhouette and intra/inter ratio (how tight the
 #   classes of the target are), domain mixing (whether source and target share a cluster).
 # - In the kit's 5-seed study CLUDA's target clusters get tighter by the intra/inter ratio (not by
-#   the silhouette) and more domain-mixed on every seed; per class the silhouette rises for the
-#   frequent classes and falls for the thin ones, and the mIoU does not rise: tighter clusters are
+#   the silhouette) and more domain-mixed on every seed; on average the silhouette rises for
+#   the frequent classes and falls for the thin ones (not class by class: fence, a thin class,
+#   tightens), and the mIoU does not rise: tighter clusters are
 #   not yet accuracy.
 # - Projections show neighbourhoods, not distances; colour by class *and* by domain to read them.
 #

@@ -167,8 +167,9 @@ fig
 # What to see: for the frequent classes on the left the two bars are close; towards the rare end on
 # the right the orange bars mostly fall far below the blue ones. The classes printed first keep the
 # smallest share of their IoU — rare, small or thin things (in the small miniscapes profiles a pole is
-# a pixel or two wide, so even the 4-pixel grid loses much of it) — while the ones printed last, large
-# regions such as road and building, keep most. Training a MiT-B5 on large crops at full Cityscapes resolution costs too much GPU memory
+# a pixel or two wide, so even the 4-pixel grid loses much of it) — while most of those that keep the
+# largest share are large regions (a rare class can land there too, where its IoU was low on both
+# grids to begin with). Training a MiT-B5 on large crops at full Cityscapes resolution costs too much GPU memory
 # (DAFormer halves the frames for that reason), and small full-resolution crops alone would lose the
 # context that separates road from sidewalk or bus from truck. HRDA therefore trains on a **large
 # crop at low resolution plus a small window at full resolution**.
@@ -456,7 +457,7 @@ Markdown(f"The learned weight map spans [{w_lo:.3f}, {w_hi:.3f}]"
          + (": the `feat_weighter` has **saturated**, so its panel is uniform. With w ≈ 1 everywhere, s_ij = c_i: "
             "inside the window every pair is contrasted LR with LR and the HR features take part only for anchors "
             "outside it — the learned blend has collapsed to the crop mask. The head learns only through this loss, "
-            "and pushing w to 1 is what lowered it in this run."
+            "so the loss favoured w near 1 in this run (the notebook does not show its trajectory)."
             if w_hi - w_lo < 0.01 and w_lo > 0.99 else
             ": the weights differ from pixel to pixel, so the LR–LR and LR–HR terms are blended differently across "
             "the crop." if w_hi - w_lo >= 0.01 else

@@ -100,11 +100,11 @@ for name in NAMES:
 # ## 1. How much room the loss has to fall
 #
 # CLUDA's loss on a batch, computed three ways: on the student's fused features, on a random
-# embedding (where training starts, roughly), and on a perfectly clustered one (every class on its
+# embedding (close to where the pretrained start sits), and on a perfectly clustered one (every class on its
 # own vertex of a regular simplex: cosine 1 within a class, −1/(K−1) across). The gap between the
 # random and the clustered value is all the loss can ever gain. *Room used* = (random − value) /
-# (random − clustered): 0 = no better than random, 1 = perfectly clustered. A toy first, with the
-# labels of a real source batch but no network:
+# (random − clustered): 0 = no better than random, 1 = perfectly clustered. A toy first, with random
+# labels in 19 classes and no network:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -141,15 +141,16 @@ Markdown(f"On the trained CLUDA student's features the τ = 1 loss is {r1['value
             f"PiPa's features use {room(last['pipa']['range']['1.0']):.0%} of it and SePiCo's "
             f"{room(last['sepico']['range']['1.0']):.0%}; ")
          + f"but what the loss asks for is little: the same features at τ = 0.1 span "
-           f"{r01['random'] - r01['clustered']:.1f} nats. That is why a τ = 1 loss logged during training stays "
-           f"nearly constant (CLUDA's `cl_src`, notebook 05), and why PiPa lowers τ.")
+           f"{r01['random'] - r01['clustered']:.1f} nats. So a τ = 1 loss can only move a little "
+           f"during training (CLUDA's logged `cl_src` in notebook 05 moves by about a tenth of a nat), and PiPa "
+           f"lowers τ.")
 
 # %% [markdown]
 # ## 2. Who owns the gradient
 #
 # Of each loss's gradient with respect to the features it contrasts (the sum over pixels of
 # ‖∂L/∂feature‖), the share that lands on each class's pixels, beside that class's share of the
-# pixels. A loss that follows the pixels spends its pull on the frequent classes:
+# pixels. A loss whose anchors are all the pixels spends most of its pull on the frequent classes:
 
 # %%
 classes = list(diag["cluda"]["classes"])
@@ -174,7 +175,9 @@ Markdown(f"The {int(frequent.sum())} classes with at least 2 % of the pixels hol
 # %% [markdown]
 # ## 3. Five seeds: the declared study
 #
-# One seed cannot rank methods this close (notebook 06). The kit's study
+# One seed cannot rank methods this close (notebook 06). This study trained its DAFormer and CLUDA
+# arms again on its own machine, so their numbers differ a little from the earlier CLUDA study that
+# notebook 06 quotes (a different CPU rounds differently). The kit's study
 # (`bench/study_contrastive.yaml`) declared its arms, seeds 0–4, budget and decision rule before any
 # run: a variant is recommended when, paired by seed against DAFormer, its mean mIoU difference is
 # positive with at least 4 of 5 wins and a paired t-test p < 0.05, and its mean is above CLUDA's.
@@ -210,8 +213,8 @@ Markdown("By the declared rule:\n\n" + "\n".join(lines))
 # ## 4. Tighter clusters against accuracy, per class
 #
 # Notebook 06 plotted, for CLUDA, each class's change of the target silhouette against its change
-# of IoU (both against DAFormer, averaged over the seeds): frequent classes tightened, thin ones
-# loosened, and the IoU did not follow. The same plot for the two variants:
+# of IoU (both against DAFormer, averaged over the seeds): on average the frequent classes
+# tightened and the thin ones loosened, and the IoU did not follow. The same plot for the two variants:
 
 # %%
 # each class's share of the pixels: the source batches of section 1
@@ -276,8 +279,8 @@ Markdown(f"\"Frequent\" and \"thin\" split the classes at 2 % of the source pixe
 #
 # <details><summary>Solution</summary>
 #
-# Call `loss_range` with that τ (hidden cell): the span grows as τ falls, roughly like 1/τ, and
-# shrinks below one nat above τ = 1.
+# Call `loss_range` with that τ (hidden cell): the span grows as τ falls, fast at first and
+# then more slowly (it cannot exceed the random loss), and shrinks below one nat above τ = 1.
 # </details>
 
 # %% jupyter={"source_hidden": true} tags=["solution"]

@@ -23,3 +23,10 @@ def test_class_counts_are_taken_at_the_tables_precision():
     counts = re.search(r"above DAFormer's in (\d+) classes, below in (\d+) and equal in (\d+) \((\w+) of them", text)
     assert counts is not None, text
     assert counts.groups() == ("1", "1", "3", "2")
+
+
+def test_mIoU_differences_add_up_as_printed():
+    iou = {n: {c: None for c in CLASSES} for n in LABELS}
+    text = feature_space_conclusion(_values({"source_only": 17.36, "daformer": 24.34, "cluda": 23.76}), iou, LABELS)
+    # printed 24.3, 23.8 and 17.4: the differences written beside them are 0.5 and 6.9
+    assert "24.3, ahead of CLUDA (23.8; +0.5 points" in text and "(17.4; +6.9 points)" in text, text

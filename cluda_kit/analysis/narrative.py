@@ -42,7 +42,9 @@ def feature_space_conclusion(values: Mapping[str, Mapping], iou: Mapping[str, Ma
         return abs(values[a][key] - values[b][key]) < small[key]
 
     def diff(a, b, key):
-        d = values[a][key] - values[b][key]
+        # the difference of the numbers as printed (mIoU to 0.1), so that it adds up on the page
+        d = (round(values[a][key], 1) - round(values[b][key], 1) if key == "miou"
+             else values[a][key] - values[b][key])
         return (f"{d:+.1f} points" if key == "miou" else f"{d:+.3f}") + (", small" if abs(d) < small[key] else "")
 
     def others(n, key):
