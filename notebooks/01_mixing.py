@@ -269,7 +269,8 @@ MixingExplorer(draw, seed=0)
 # - ClassMix pastes ⌈n/2⌉ of a source image's n classes onto a target image; the mixed label is the
 #   source label on the pasted pixels and the teacher's pseudo-label elsewhere.
 # - The releases of DAFormer, HRDA and CLUDA draw from the classes of the *whole batch* (ignore
-#   included), so an image may paste fewer of its classes, or none; the kit draws per image unless
+#   included), so how many classes an image pastes depends on the other images of its batch (more
+#   or fewer than half of its own; with very different images, none); the kit draws per image unless
 #   `uda.mix_per_image=false`.
 # - Strong augmentation (colour jitter, blur) touches only the mixed image and never its geometry.
 #
