@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # wheel for your CUDA, e.g. TORCH_SPEC="torch torchvision --index-url <pytorch cu12x index>".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 RUN ?= runs/demo
-# the trained runs the notebooks read: source-only, DAFormer, CLUDA and HRDA + CLUDA at the demo setting, seed 0
+# the trained runs the notebooks read: source-only, DAFormer, CLUDA, HRDA + CLUDA, PiPa and SePiCo at the demo setting, seed 0
 NOTEBOOK_RUNS ?= runs/notebooks
 PYTEST_ARGS ?=
 # idle OpenMP threads must not spin: it slows small or shared CPUs down many times over

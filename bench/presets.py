@@ -25,7 +25,7 @@ _CHECKED = ("settings read against the release's configs (its differences: docs/
 STATUS = {
     "gta2cs_daformer": _CHECKED,
     "gta2cs_daformer_cluda": "**reconstructed**: the release has no training path for DAFormer + CLUDA "
-                             "(docs/method.md §9); its checkpoint layout loads",
+                             "(docs/method.md §9); its checkpoint layout loads; one GPU step measured",
     "gta2cs_daformer_mic": _CHECKED,
     "gta2cs_daformer_pipa": "variant: PiPa's pixel contrast at its release's settings, without its patch term "
                             "(`uda/methods/pipa.py`)",

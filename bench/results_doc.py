@@ -49,7 +49,7 @@ in `bench/results/study_cluda_750.json`). The frequent classes gain tightness (s
 0.22 → −0.50, traffic sign 0.25 → −0.19, pole −0.08 → −0.34), and so does the IoU: vegetation
 +2.6, road +0.9 against traffic sign −3.8, sky −2.7, pole −2.4. With one term alone, or at τ =
 0.1, the loss costs less or nothing, but it does not help either (−0.15, +0.07 and −0.22 against
-DAFormer, p ≥ 0.27). No arm beats DAFormer, so no preset changed. The CLUDA run of seed 0 is the
+DAFormer, p ≥ 0.26). No arm beats DAFormer, so no preset changed. The CLUDA run of seed 0 is the
 demo run, to the last digit (23.63). Source-only at this budget is 18.2 ± 1.3, so the demo's
 adaptation gain is +5.7 on average (+4.2 to +7.0 by seed; +6.4 on seed 0)."""
 
@@ -76,7 +76,7 @@ the tightening goes to the frequent classes and the mean silhouette drops (0.025
 per-class IoU moves the same way (vegetation +4.9, road +1.1; wall −3.4, traffic sign −2.5). With
 τ = 1 and every pixel an anchor the loss is dominated by the classes with the most pixels. This
 agrees with the release's issue #5 (67.88 for DAFormer + CLUDA, below DAFormer's 68.3) rather than
-with the paper's +1.8. At this scale (2 M parameters, a synthetic gap) the contrastive terms
+with the +1.8 that the Papers with Code listing's 70.1 implies over DAFormer's 68.3. At this scale (2 M parameters, a synthetic gap) the contrastive terms
 reshape the fused features as the paper describes and do not turn that into accuracy; whether they
 do with MiT-B5, 40 000 iterations and the real GTA → Cityscapes gap is what this CPU study cannot
 test."""
