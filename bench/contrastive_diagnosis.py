@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from cluda_kit.analysis.contrastive import CURVE_ITERS, diagnose, logged_curve, room
+from cluda_kit.analysis.plots import gradient_share_bars
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,18 +80,9 @@ def figure(results: list[dict], path: Path) -> None:
           title="How far CLUDA's loss has fallen towards its floor")
     a.legend(fontsize=8)
     last = [r["students"][max(r["students"], key=int)] for r in results]
-    classes = results[0]["classes"]
-    order = sorted(range(len(classes)), key=lambda k: -last[0]["pixel_share"][k])
-    width = 0.8 / (len(results) + 1)
-    xs = range(len(order))
-    b.bar([x - 0.4 + width / 2 for x in xs], [100 * last[0]["pixel_share"][k] for k in order], width,
-          color="lightgray", label="share of pixels")
-    for j, (r, s) in enumerate(zip(results, last)):
-        b.bar([x - 0.4 + width * (j + 1.5) for x in xs], [100 * s["gradient_share"][k] for k in order],
-              width, label=f"{Path(r['run']).name} ({r['method']}) gradient")
-    b.set_xticks(list(xs), [classes[k] for k in order], rotation=60, ha="right", fontsize=8)
-    b.set(ylabel="%", title="Who owns the gradient (last checkpoint)")
-    b.legend(fontsize=8)
+    gradient_share_bars(results[0]["classes"], last[0]["pixel_share"],
+                        {f"{Path(r['run']).name} ({r['method']})": s["gradient_share"] for r, s in zip(results, last)},
+                        title="Who owns the gradient (last checkpoint)", ax=b)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

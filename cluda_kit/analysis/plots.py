@@ -711,13 +711,16 @@ def class_delta_scatter(
 
 
 def gradient_share_bars(classes: Sequence[str], pixel_share: Sequence[float],
-                        gradient_share: Mapping[str, Sequence[float]], *, title: str = "") -> Figure:
+                        gradient_share: Mapping[str, Sequence[float]], *, title: str = "",
+                        ax: Any = None) -> Figure:
     """Per class, its share of the pixels (grey) beside each loss's share of the gradient (one bar
     per entry of ``gradient_share``, label → per-class fractions), classes ordered by pixel share,
-    percent. Classes with no pixels are left out."""
+    percent. Classes with no pixels are left out. Drawn into ``ax`` when given (its figure is
+    returned, not laid out), else into a new figure."""
     order = [k for k in sorted(range(len(classes)), key=lambda k: -pixel_share[k]) if pixel_share[k] > 0]
-    fig = Figure(figsize=(10, 3.6))
-    ax = fig.subplots()
+    own = ax is None
+    fig = Figure(figsize=(10, 3.6)) if own else ax.figure
+    ax = fig.subplots() if own else ax
     width = 0.8 / (len(gradient_share) + 1)
     xs = np.arange(len(order))
     ax.bar(xs - 0.4 + width / 2, [100 * pixel_share[k] for k in order], width, color="lightgray",
@@ -729,6 +732,7 @@ def gradient_share_bars(classes: Sequence[str], pixel_share: Sequence[float],
     ax.set(ylabel="%")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    if own:
+        fig.tight_layout()
     return fig
 
